@@ -1,0 +1,119 @@
+"""The `sender` command: run, migrate, demo, campaign …, send-test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sender.config import ConfigError, Settings, load_settings, redact_dsn
+from sender.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sender", description="Campaign email sender daemon (PostgreSQL -> Amazon SES v2)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the daemon")
+    sub.add_parser("migrate", help="apply database migrations (idempotent)")
+    demo = sub.add_parser("demo", help="send a demo campaign: embedded PostgreSQL, local fake SES")
+    demo.add_argument("--recipients", type=int, default=600, help="contacts to seed (default 600)")
+    demo.add_argument("--rate", type=float, default=50.0, help="fake SES MaxSendRate, msg/s (default 50)")
+    demo.add_argument("--latency", type=float, default=0.05, help="fake SES latency, s (default 0.05)")
+    demo.add_argument("--verbose", action="store_true", help="show the daemon's logs")
+
+    campaign = sub.add_parser("campaign", help="queue, pause, resume, cancel or watch a campaign")
+    csub = campaign.add_subparsers(dest="action", required=True, metavar="ACTION")
+    send = csub.add_parser("send", help="queue a campaign for sending")
+    send.add_argument("id", type=int)
+    send.add_argument("--rate", type=float, help="rate_per_sec for this campaign")
+    for name in ("pause", "resume", "cancel"):
+        csub.add_parser(name, help=f"{name} a campaign").add_argument("id", type=int)
+    status = csub.add_parser("status", help="progress of one campaign, or of the recent ones")
+    status.add_argument("id", type=int, nargs="?")
+    status.add_argument("--watch", action="store_true", help="refresh until the campaign finishes")
+    status.add_argument("--json", action="store_true")
+
+    test = sub.add_parser("send-test", help="render and send one campaign message to one address")
+    test.add_argument("--campaign", type=int, required=True)
+    test.add_argument("--to", required=True)
+    return p
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())
+
+
+async def _daemon(settings: Settings) -> int:
+    from sender.daemon import Daemon
+
+    stop, force = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await Daemon(settings).run(stop, force)
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from sender.db import connect
+    from sender.db.migrate import migrate
+
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
+    conn = await connect(settings.database_url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from sender.demo import format_summary, run_demo
+
+    result = await run_demo(settings, recipients=args.recipients, rate=args.rate, latency=args.latency)
+    print(format_summary(result))
+    return 0 if result.status == "sent" and result.failed == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        quiet_demo = args.command == "demo" and not args.verbose
+        configure_logging(settings.log_format, "WARNING" if quiet_demo else settings.log_level)
+        if args.command == "run":
+            settings.require_for_run()
+            return _run_async(lambda: _daemon(settings))
+        if args.command == "migrate":
+            return _run_async(lambda: _migrate(settings))
+        if args.command == "demo":
+            return _run_async(lambda: _demo(settings, args))
+        if args.command == "campaign":
+            from sender.admin_cli import campaign_command
+
+            return _run_async(lambda: campaign_command(settings, args))
+        if args.command == "send-test":
+            from sender.admin_cli import send_test
+
+            return _run_async(lambda: send_test(settings, args))
+    except ConfigError as exc:
+        print(f"sender: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sender: cannot connect: {exc} (database {redact_dsn(settings.database_url)})", file=sys.stderr)
+        return 3
+    return 2

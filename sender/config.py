@@ -1,0 +1,186 @@
+"""Settings from the environment (and an optional .env), validated once at start-up."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A bad setting; the message names the variable and is safe to print (no secret values)."""
+
+
+def _secret_repr(value: str | None) -> str:
+    return "None" if value is None else "'***'"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    region: str = "us-east-1"
+    from_email: str | None = None
+    configuration_set: str | None = None
+    endpoint_url: str | None = None
+    max_rate: float | None = None
+    concurrency: int | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    admin_token: str | None = field(default=None, repr=False)
+    log_format: str | None = None
+    log_level: str = "INFO"
+    crash_policy: str = "retry"
+    max_attempts: int = 5
+    unsubscribe_url: str | None = None
+    unsubscribe_secret: str | None = field(default=None, repr=False)
+    claim_batch: int = 500
+    flush_size: int = 500
+    flush_interval: float = 0.2
+    poll_interval: float = 1.0
+    lease_seconds: float = 60.0
+    grace_seconds: float = 20.0
+    rate_headroom: float = 0.01
+    probe_interval: float = 5.0
+    send_timeout: float = 15.0
+    template_max_bytes: int = 512 * 1024
+    instance_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+
+    def __repr__(self) -> str:  # secrets never reach logs, even through repr()
+        shown = {k: v for k, v in self.__dict__.items() if k not in {"admin_token", "unsubscribe_secret", "database_url"}}
+        shown["database_url"] = redact_dsn(self.database_url)
+        shown["admin_token"] = _secret_repr(self.admin_token)
+        shown["unsubscribe_secret"] = _secret_repr(self.unsubscribe_secret)
+        return f"Settings({shown})"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def require_for_run(self) -> None:
+        """`run` needs a database and a From address; fail early with the variable's name."""
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
+        if not self.from_email:
+            raise ConfigError("SES_FROM_EMAIL is not set: the default verified From address")
+
+
+def redact_dsn(dsn: str | None) -> str | None:
+    """The DSN without its password, for logs and errors."""
+    if not dsn:
+        return dsn
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _number(env: Mapping[str, str], name: str, *, minimum: float, integer: bool = False) -> Any:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return None
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return None
+    if raw not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _dsn(env: Mapping[str, str]) -> str | None:
+    raw = env.get("DATABASE_URL", "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError("DATABASE_URL: malformed DSN (bad port or syntax)") from None
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            "DATABASE_URL: expected a postgresql:// DSN, got scheme "
+            f"{parts.scheme or '(none)'!r}"
+        )
+    return raw
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+    """Read and validate every setting; raise ConfigError naming the first bad variable."""
+    if env is None:
+        if dotenv:
+            from dotenv import load_dotenv
+
+            load_dotenv(os.environ.get("SENDER_ENV_FILE", ".env"), override=False)
+        env = os.environ
+    s = Settings()
+    changes: dict[str, Any] = {
+        "database_url": _dsn(env),
+        "region": _optional(env, "SES_REGION") or _optional(env, "AWS_REGION") or s.region,
+        "from_email": _optional(env, "SES_FROM_EMAIL"),
+        "configuration_set": _optional(env, "SES_CONFIGURATION_SET"),
+        "endpoint_url": _optional(env, "AWS_ENDPOINT_URL_SESV2") or _optional(env, "AWS_ENDPOINT_URL"),
+        "max_rate": _number(env, "SENDER_MAX_RATE", minimum=0.01),
+        "concurrency": _number(env, "SENDER_CONCURRENCY", minimum=1, integer=True),
+        "http_host": _optional(env, "SENDER_HTTP_HOST") or s.http_host,
+        "admin_token": _optional(env, "SENDER_ADMIN_TOKEN"),
+        "log_format": _choice(env, "SENDER_LOG_FORMAT", ("json", "console")),
+        "crash_policy": _choice(env, "SENDER_CRASH_POLICY", ("retry", "fail")) or s.crash_policy,
+        "unsubscribe_url": _optional(env, "UNSUBSCRIBE_URL"),
+        "unsubscribe_secret": _optional(env, "UNSUBSCRIBE_SECRET"),
+    }
+    level = _choice(env, "SENDER_LOG_LEVEL", ("debug", "info", "warning", "error"))
+    changes["log_level"] = (level or s.log_level).upper()
+    port = _number(env, "SENDER_HTTP_PORT", minimum=0, integer=True)
+    if port is not None:
+        if port > 65535:
+            raise ConfigError(f"SENDER_HTTP_PORT: must be at most 65535, got {port}")
+        changes["http_port"] = port
+    for name, attr, minimum, integer in (
+        ("SENDER_MAX_ATTEMPTS", "max_attempts", 1, True),
+        ("SENDER_CLAIM_BATCH", "claim_batch", 1, True),
+        ("SENDER_FLUSH_SIZE", "flush_size", 1, True),
+        ("SENDER_FLUSH_INTERVAL", "flush_interval", 0.01, False),
+        ("SENDER_POLL_INTERVAL", "poll_interval", 0.05, False),
+        ("SENDER_LEASE_SECONDS", "lease_seconds", 5, False),
+        ("SENDER_GRACE_SECONDS", "grace_seconds", 0, False),
+        ("SENDER_RATE_HEADROOM", "rate_headroom", 0, False),
+        ("SENDER_PROBE_INTERVAL", "probe_interval", 0.1, False),
+        ("SENDER_SEND_TIMEOUT", "send_timeout", 0.1, False),
+        ("SENDER_TEMPLATE_MAX_BYTES", "template_max_bytes", 1, True),
+    ):
+        value = _number(env, name, minimum=minimum, integer=integer)
+        if value is not None:
+            changes[attr] = value
+    if changes.get("rate_headroom", 0) >= 0.5:
+        raise ConfigError("SENDER_RATE_HEADROOM: must be below 0.5 (a fraction of the cap)")
+    if changes["unsubscribe_url"]:
+        url = changes["unsubscribe_url"]
+        if "{token}" not in url or not url.startswith(("https://", "http://")):
+            raise ConfigError("UNSUBSCRIBE_URL: expected an http(s) URL containing {token}")
+        if not changes["unsubscribe_secret"]:
+            raise ConfigError("UNSUBSCRIBE_SECRET: required when UNSUBSCRIBE_URL is set")
+    if instance := _optional(env, "SENDER_INSTANCE_ID"):
+        changes["instance_id"] = instance
+    return replace(s, **changes)

@@ -1,0 +1,357 @@
+"""One daemon instance: the housekeeping tick, campaign runners, the account gate and shutdown.
+
+The tick (every SENDER_POLL_INTERVAL, or at once on NOTIFY) heartbeats, takes the instance's
+share of the account rate, starts queued campaigns, starts and stops runners as campaigns change
+status, completes finished campaigns, skips cancelled ones and recovers rows that dead instances
+left leased. Any database error in it is logged and retried on the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from sender.campaigns import CampaignProblem, load_plan, start_next_queued
+from sender.config import Settings
+from sender.db import QUERIES, connect, create_pool
+from sender.logs import get_logger
+from sender.pipeline import (
+    DB_ERRORS,
+    AccountGate,
+    CampaignRunner,
+    ResultBuffer,
+    SendContext,
+    Stats,
+)
+from sender.ratelimit import AdaptiveShare, WindowRateLimiter
+from sender.ses import AccountInfo, ErrorKind, RetryPolicy, SendFailure, SesClient, classify, open_ses
+
+log = get_logger("sender.daemon")
+
+
+def default_concurrency(cap: float) -> int:
+    """Enough in-flight calls to reach the cap at ~250 ms SES latency, within sane bounds."""
+    return max(8, min(256, math.ceil(cap * 0.25) + 8))
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, ses: SesClient | None = None) -> None:
+        self.settings = settings
+        self._ses = ses
+        self.stats = Stats()
+        self.gate = AccountGate()
+        self.runners: dict[int, CampaignRunner] = {}
+        self.account: AccountInfo | None = None
+        self.cap = settings.max_rate or 1.0
+        self.instances = 1
+        self.ready = asyncio.Event()
+        self.last_tick = 0.0
+        self.db_ok = False
+        self._wake = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._ctx: SendContext | None = None
+        self._tick_count = 0
+        self._pending_hold: SendFailure | None = None
+        self._failed_campaigns: dict[int, SendFailure] = {}
+        self.hooks: list[Callable[[Daemon], Awaitable[None]]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+        s = self.settings
+        s.require_for_run()
+        assert s.database_url
+        self._pool = await self._connect_pool(stop)
+        if self._pool is None:
+            return
+        try:
+            if self._ses is not None:
+                await self._serve(self._ses, stop, force)
+            else:
+                async with open_ses(s, pool_size=s.concurrency or 256) as ses:
+                    await self._serve(ses, stop, force)
+        finally:
+            await self._close_db()
+
+    async def _connect_pool(self, stop: asyncio.Event) -> asyncpg.Pool | None:
+        backoff = 0.5
+        assert self.settings.database_url
+        while not stop.is_set():
+            try:
+                pool = await create_pool(self.settings.database_url, min_size=1, max_size=10)
+                self.db_ok = True
+                return pool
+            except DB_ERRORS as exc:
+                log.warning("database_unreachable", error=type(exc).__name__, retry_in=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+        return None
+
+    async def _serve(self, ses: SesClient, stop: asyncio.Event, force: asyncio.Event | None) -> None:
+        s = self.settings
+        assert self._pool is not None
+        await self._refresh_account(ses, first=True)
+        share = AdaptiveShare(self.cap)
+        concurrency = s.concurrency or default_concurrency(self.cap)
+        buffer = ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
+                              stats=self.stats)
+        self._ctx = SendContext(
+            settings=s, pool=self._pool, ses=ses, buffer=buffer, gate=self.gate, share=share,
+            account_limiter=WindowRateLimiter(share.rate, headroom=s.rate_headroom),
+            inflight=asyncio.Semaphore(concurrency), retry=RetryPolicy(max_attempts=s.max_attempts),
+            stats=self.stats, on_account_error=self._account_error,
+            on_campaign_error=self._campaign_error,
+        )
+        log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
+                 sandbox=bool(self.account and not self.account.production))
+        background = [
+            asyncio.create_task(buffer.run(), name="write-back"),
+            asyncio.create_task(self._tick_loop(stop), name="tick"),
+            asyncio.create_task(self._probe_loop(ses, stop), name="probe"),
+        ]
+        background += [asyncio.create_task(hook(self)) for hook in self.hooks]
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutdown_started", in_flight=self.in_flight())
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._shutdown(force)
+
+    async def _shutdown(self, force: asyncio.Event | None) -> None:
+        """Stop claiming, let in-flight sends finish within the grace period, flush, hand back."""
+        ctx = self._ctx
+        assert ctx is not None and self._pool is not None
+        await asyncio.gather(*(runner.stop("shutdown") for runner in self.runners.values()))
+        tasks = {t for runner in self.runners.values() for t in runner.inflight}
+        if tasks:
+            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
+            if force is not None:
+                waiters.add(asyncio.ensure_future(force.wait()))
+            done, pending = await asyncio.wait(waiters, timeout=self.settings.grace_seconds,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        flushed = await ctx.buffer.flush(give_up_after=10.0)
+        if not flushed:
+            log.error("shutdown_results_unwritten", rows=len(ctx.buffer),
+                      note="rows stay leased; another instance recovers them after the lease")
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                released = await conn.fetch(QUERIES["release_held"], self.settings.instance_id, timeout=10)
+                await conn.execute(QUERIES["instance_forget"], self.settings.instance_id, timeout=10)
+            if released:
+                log.info("released_held_rows", rows=len(released))
+        except DB_ERRORS as exc:
+            log.error("shutdown_release_failed", error=type(exc).__name__,
+                      note="rows stay leased and are recovered after the lease expires")
+        log.info("shutdown_complete", flushed=flushed, sent=self.stats.sent, failed=self.stats.failed)
+
+    async def _close_db(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=2)
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5)
+
+    def in_flight(self) -> int:
+        return sum(len(r.inflight) for r in self.runners.values())
+
+    # -- account state ----------------------------------------------------------------------------
+
+    async def _refresh_account(self, ses: SesClient, *, first: bool = False) -> bool:
+        """Read GetAccount: cap, sandbox and daily quota. False when SES refuses us."""
+        try:
+            account = await ses.account()
+        except Exception as exc:
+            failure = classify(exc, from_email=self.settings.from_email or "", default_from=None)
+            if first:
+                log.warning("get_account_failed", code=failure.code, kind=str(failure.kind))
+            if failure.kind is ErrorKind.ACCOUNT:
+                self._account_error(failure)
+            return False
+        self.account = account
+        if self.settings.max_rate is None:
+            self.cap = account.max_send_rate
+            if self._ctx is not None:
+                self._ctx.share.cap = self.cap
+        remaining = account.remaining_24h
+        if not account.sending_enabled:
+            self._account_error(SendFailure(ErrorKind.ACCOUNT, "SendingPaused",
+                                            f"SES reports sending disabled ({account.enforcement})"))
+            return False
+        if remaining is not None and remaining <= 0:
+            self._account_error(SendFailure(ErrorKind.DAILY_QUOTA, "DailyQuotaExhausted",
+                                            "the 24-hour sending quota is used up"))
+            return False
+        return True
+
+    def _account_error(self, failure: SendFailure) -> None:
+        if self.gate.close(failure.code, failure.message, failure.kind):
+            log.error("sending_stopped", code=failure.code, reason=failure.message, kind=str(failure.kind))
+            self._pending_hold = failure
+            for runner in self.runners.values():
+                runner.release_queued()
+            self._wake.set()
+
+    def _campaign_error(self, campaign_id: int, failure: SendFailure) -> None:
+        if campaign_id not in self._failed_campaigns:
+            log.error("campaign_cannot_send", campaign_id=campaign_id, code=failure.code, reason=failure.message)
+            self._failed_campaigns[campaign_id] = failure
+            self._wake.set()
+
+    async def _probe_loop(self, ses: SesClient, stop: asyncio.Event) -> None:
+        """While sending is stopped, probe GetAccount; refresh quotas once a minute otherwise."""
+        last_refresh = time.monotonic()
+        while not stop.is_set():
+            interval = self.settings.probe_interval if not self.gate.is_open else 1.0
+            await asyncio.sleep(interval)
+            if not self.gate.is_open:
+                if await self._refresh_account(ses):
+                    await self._reopen("probe")
+            elif time.monotonic() - last_refresh > 60:
+                last_refresh = time.monotonic()
+                await self._refresh_account(ses)
+
+    async def _reopen(self, why: str) -> None:
+        was = self.gate.code
+        self.gate.open()
+        self._pending_hold = None
+        log.info("sending_resumed", previous=was, by=why)
+        assert self._pool is not None
+        with contextlib.suppress(*DB_ERRORS):
+            await self._pool.execute(QUERIES["account_hold_clear"], timeout=5)
+        self._wake.set()
+
+    # -- the tick -----------------------------------------------------------------------------------
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self.tick()
+                self.db_ok = True
+                backoff = 0.5
+                wait = self.settings.poll_interval
+            except DB_ERRORS as exc:
+                self.db_ok = False
+                log.warning("tick_failed", error=type(exc).__name__, retry_in=backoff)
+                wait = backoff
+                backoff = min(backoff * 2, 10.0)
+            self.last_tick = time.monotonic()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def tick(self) -> None:
+        s, ctx, pool = self.settings, self._ctx, self._pool
+        assert ctx is not None and pool is not None
+        self._tick_count += 1
+        await self._ensure_listener()
+        live = await pool.fetchval(QUERIES["instance_heartbeat"], s.instance_id, s.lease_seconds,
+                                   max(3.0, s.poll_interval * 5), timeout=10)
+        self.instances = int(live)
+        ctx.share.instances = self.instances
+        ctx.share.recover()
+        ctx.account_limiter.set_rate(ctx.share.rate)
+        await self._sync_account_hold(pool)
+        for _ in range(5):
+            started = await start_next_queued(pool, s)
+            if started is None:
+                break
+            if started.started:
+                log.info("campaign_started", campaign_id=started.campaign_id, recipients=started.total)
+            else:
+                log.error("campaign_failed", campaign_id=started.campaign_id, error=started.error)
+        await self._fail_campaigns(pool)
+        await self._sync_runners(pool)
+        for row in await pool.fetch(QUERIES["complete_campaigns"], self._tick_count % 10 == 0, timeout=30):
+            log.info("campaign_sent", campaign_id=row["id"], sent=row["sent_count"],
+                     failed=row["failed_count"], skipped=row["skipped_count"])
+        for row in await pool.fetch(QUERIES["skip_cancelled"], timeout=30):
+            log.info("campaign_cancel_finished", campaign_id=row["id"])
+        if self._tick_count % 3 == 0:
+            await self._recover_expired(pool)
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        assert self.settings.database_url
+        self._listener = await connect(self.settings.database_url, timeout=10)
+        await self._listener.add_listener("sender_campaigns", lambda *_: self._wake.set())
+
+    async def _sync_account_hold(self, pool: asyncpg.Pool) -> None:
+        """Share account-wide stops between instances through the sender_account_hold row."""
+        if self._pending_hold is not None:
+            hold = self._pending_hold
+            await pool.execute(QUERIES["account_hold_set"], hold.message, hold.code, self.settings.instance_id)
+            self._pending_hold = None
+            return
+        row = await pool.fetchrow(QUERIES["account_hold_get"])
+        if row["reason"] is not None and self.gate.is_open:
+            if self.gate.close(row["code"], row["reason"], remote=True):
+                log.error("sending_stopped", code=row["code"], reason=row["reason"], by=row["set_by"])
+                for runner in self.runners.values():
+                    runner.release_queued()
+        elif row["reason"] is None and not self.gate.is_open and self.gate.remote:
+            await self._reopen("another instance")
+
+    async def _fail_campaigns(self, pool: asyncpg.Pool) -> None:
+        while self._failed_campaigns:
+            campaign_id, failure = next(iter(self._failed_campaigns.items()))
+            await pool.execute(QUERIES["campaign_fail"], campaign_id, f"{failure.code}: {failure.message}")
+            del self._failed_campaigns[campaign_id]
+
+    def campaign_rate(self, rate_per_sec: float | None) -> float:
+        sandbox = self.account is not None and not self.account.production
+        wanted = rate_per_sec if rate_per_sec else (1.0 if sandbox else self.cap)
+        return min(wanted, self.cap) / max(1, self.instances)
+
+    async def _sync_runners(self, pool: asyncpg.Pool) -> None:
+        assert self._ctx is not None
+        sending = {r["id"]: r["rate_per_sec"] for r in await pool.fetch(QUERIES["campaigns_sending"])}
+        gone = [cid for cid in self.runners if cid not in sending]
+        if gone:
+            statuses = {r["id"]: r["status"] for r in await pool.fetch(QUERIES["campaign_statuses"], gone)}
+            for cid in gone:
+                status = statuses.get(cid, "deleted")
+                runner = self.runners.pop(cid)
+                await runner.stop("cancel" if status == "cancelled" else "pause")
+                log.info("campaign_runner_stopped", campaign_id=cid, status=status)
+        for cid, rate in sending.items():
+            runner = self.runners.get(cid)
+            if runner is not None:
+                runner.set_rate(self.campaign_rate(rate))
+                continue
+            try:
+                plan = await load_plan(pool, cid, self.settings)
+            except CampaignProblem as exc:
+                await pool.execute(QUERIES["campaign_fail"], cid, str(exc))
+                log.error("campaign_failed", campaign_id=cid, error=str(exc))
+                continue
+            runner = CampaignRunner(plan, self._ctx, self.campaign_rate(rate))
+            self.runners[cid] = runner
+            runner.start()
+            log.info("campaign_runner_started", campaign_id=cid, rate=round(runner.limiter.rate, 2))
+
+    async def _recover_expired(self, pool: asyncpg.Pool) -> None:
+        if self.settings.crash_policy == "fail":
+            recovered = int(await pool.fetchval(QUERIES["recover_expired_fail"], timeout=30))
+        else:
+            recovered = len(await pool.fetch(QUERIES["recover_expired_retry"], timeout=30))
+        if recovered:
+            log.warning("recovered_expired_leases", rows=recovered, policy=self.settings.crash_policy)

@@ -1,0 +1,22 @@
+"""Named SQL from queries.sql, loaded once: code says QUERIES["claim_fresh"], never builds SQL."""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+
+_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a file of `-- name --` blocks into {name: sql}."""
+    parts = _HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+QUERIES: dict[str, str] = parse_queries(files("sender.db").joinpath("queries.sql").read_text())

@@ -1,0 +1,267 @@
+-- Every statement the daemon runs, by name. Loaded once by sender.db.queries; parameters are
+-- always bound ($n), never interpolated. Blocks start with a "-- name --" line.
+
+-- migrations_table --
+CREATE TABLE IF NOT EXISTS sender_migrations (
+    version     text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- migrations_applied --
+SELECT version FROM sender_migrations ORDER BY version
+
+-- migration_record --
+INSERT INTO sender_migrations (version) VALUES ($1)
+
+-- instance_heartbeat --
+-- Register or refresh this instance, renew the leases on the rows it holds, and return how
+-- many instances are alive (each takes an equal share of the account rate).
+WITH beat AS (
+    INSERT INTO sender_instances (id) VALUES ($1)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+), renewed AS (
+    UPDATE campaign_recipients
+       SET lease_until = now() + make_interval(secs => $2)
+     WHERE status = 'sending' AND claimed_by = $1
+    RETURNING 1
+)
+SELECT 1 + count(*) AS live
+  FROM sender_instances
+ WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $3)
+
+-- instance_forget --
+DELETE FROM sender_instances WHERE id = $1 OR heartbeat_at < now() - interval '1 day'
+
+-- account_hold_get --
+SELECT reason, code, since, set_by FROM sender_account_hold WHERE id = 1
+
+-- account_hold_set --
+UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $3
+ WHERE id = 1 AND reason IS NULL
+
+-- account_hold_clear --
+UPDATE sender_account_hold SET reason = NULL, code = NULL, since = NULL, set_by = NULL WHERE id = 1
+
+-- next_queued_campaign --
+-- Taken inside the transaction that materialises it, so two instances never start one campaign.
+SELECT id FROM campaigns
+ WHERE status = 'queued' AND (scheduled_at IS NULL OR scheduled_at <= now())
+ ORDER BY coalesce(scheduled_at, created_at), id
+ LIMIT 1
+   FOR UPDATE SKIP LOCKED
+
+-- load_campaign --
+SELECT c.id, c.name, c.status, c.template_id, c.subject AS campaign_subject, c.from_email,
+       c.reply_to, c.target_rules, c.rate_per_sec::float8 AS rate_per_sec,
+       t.id AS found_template_id, t.subject AS template_subject, t.content_html, t.content_text
+  FROM campaigns c
+  LEFT JOIN templates t ON t.id = c.template_id
+ WHERE c.id = $1
+
+-- materialise_recipients --
+-- /*RULES*/ is replaced by the predicate sender.targeting compiled (whitelisted columns, $n values).
+INSERT INTO campaign_recipients (campaign_id, contact_id, email)
+SELECT $1, c.id, c.email
+  FROM contacts c
+ WHERE c.status = 'subscribed' AND (/*RULES*/)
+ ORDER BY c.id
+    ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+
+-- campaign_start --
+UPDATE campaigns c
+   SET status = 'sending', started_at = coalesce(c.started_at, now()), error = NULL,
+       total_count = (SELECT count(*) FROM campaign_recipients r WHERE r.campaign_id = c.id),
+       updated_at = now()
+ WHERE c.id = $1
+RETURNING c.total_count
+
+-- campaign_fail --
+UPDATE campaigns SET status = 'failed', error = $2, finished_at = now(), updated_at = now()
+ WHERE id = $1
+
+-- campaigns_sending --
+SELECT id, rate_per_sec::float8 AS rate_per_sec FROM campaigns WHERE status = 'sending' ORDER BY id
+
+-- campaign_statuses --
+SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])
+
+-- claim_fresh --
+-- Fresh rows in id order after a keyset bound: the scan never walks the dead index entries
+-- that earlier claims left at the front. No lock is held once this returns.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM campaign_recipients
+     WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NULL AND id > $2
+     ORDER BY id
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE campaign_recipients r
+       SET status = 'sending', claimed_by = $4, lease_until = now() + make_interval(secs => $5)
+      FROM picked
+     WHERE r.id = picked.id
+    RETURNING r.id, r.contact_id, r.email, r.attempts
+)
+SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
+       ct.status AS contact_status
+  FROM claimed c
+  LEFT JOIN contacts ct
+    ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
+ ORDER BY c.id
+
+-- claim_due --
+-- Rows that came back to pending (retry backoff, release, recovery) once they are due.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM campaign_recipients
+     WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NOT NULL
+       AND next_attempt_at <= now()
+     ORDER BY next_attempt_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE campaign_recipients r
+       SET status = 'sending', claimed_by = $3, lease_until = now() + make_interval(secs => $4)
+      FROM picked
+     WHERE r.id = picked.id
+    RETURNING r.id, r.contact_id, r.email, r.attempts
+)
+SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
+       ct.status AS contact_status
+  FROM claimed c
+  LEFT JOIN contacts ct
+    ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
+ ORDER BY c.id
+
+-- next_due_at --
+SELECT min(next_attempt_at) FROM campaign_recipients
+ WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NOT NULL
+
+-- write_back --
+-- One round trip for a batch of outcomes. Only rows this instance still holds change, and the
+-- campaign counters move by exactly the rows that did.
+WITH outcome AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::int[], $8::float8[], $9::timestamptz[])
+        AS t(id, status, message_id, error_code, error, attempts, retry_in, sent_at)
+), done AS (
+    UPDATE campaign_recipients r
+       SET status = o.status, message_id = o.message_id, error_code = o.error_code,
+           error = o.error, attempts = o.attempts, sent_at = o.sent_at,
+           next_attempt_at = CASE WHEN o.retry_in IS NULL THEN NULL
+                                  ELSE now() + make_interval(secs => o.retry_in) END,
+           claimed_by = NULL, lease_until = NULL
+      FROM outcome o
+     WHERE r.id = o.id AND r.status = 'sending' AND r.claimed_by = $1
+    RETURNING r.campaign_id, r.status
+), tally AS (
+    SELECT campaign_id,
+           count(*) FILTER (WHERE status = 'sent') AS sent,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'skipped') AS skipped,
+           count(*) AS written
+      FROM done GROUP BY campaign_id
+), bump AS (
+    UPDATE campaigns c
+       SET sent_count = c.sent_count + t.sent, failed_count = c.failed_count + t.failed,
+           skipped_count = c.skipped_count + t.skipped, updated_at = now()
+      FROM tally t
+     WHERE c.id = t.campaign_id AND t.sent + t.failed + t.skipped > 0
+)
+SELECT coalesce(sum(written), 0)::bigint AS written FROM tally
+
+-- recover_expired_retry --
+-- Crash policy "retry": rows a dead instance left leased go back to pending (at-least-once).
+UPDATE campaign_recipients
+   SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
+ WHERE id IN (SELECT id FROM campaign_recipients
+               WHERE status = 'sending' AND lease_until < now()
+               LIMIT 5000 FOR UPDATE SKIP LOCKED)
+RETURNING id
+
+-- recover_expired_fail --
+-- Crash policy "fail": their outcome is unknown, so they are failed, never resent (at-most-once).
+WITH expired AS MATERIALIZED (
+    SELECT id FROM campaign_recipients
+     WHERE status = 'sending' AND lease_until < now()
+     LIMIT 5000 FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE campaign_recipients r
+       SET status = 'failed', claimed_by = NULL, lease_until = NULL, error_code = 'OutcomeUnknown',
+           error = 'the instance sending this message stopped before recording the outcome'
+      FROM expired e WHERE r.id = e.id
+    RETURNING r.campaign_id
+), bump AS (
+    UPDATE campaigns c SET failed_count = c.failed_count + t.n, updated_at = now()
+      FROM (SELECT campaign_id, count(*) AS n FROM done GROUP BY campaign_id) t
+     WHERE c.id = t.campaign_id
+)
+SELECT count(*) AS n FROM done
+
+-- skip_cancelled --
+-- Pending rows of cancelled campaigns end "skipped"; the campaign is finished when none is in flight.
+WITH cancelled AS (
+    SELECT id FROM campaigns WHERE status = 'cancelled' AND finished_at IS NULL
+), skipped AS (
+    UPDATE campaign_recipients r
+       SET status = 'skipped', error_code = 'CampaignCancelled', error = 'campaign cancelled',
+           next_attempt_at = NULL
+     WHERE r.campaign_id IN (SELECT id FROM cancelled) AND r.status = 'pending'
+    RETURNING r.campaign_id
+), bump AS (
+    UPDATE campaigns c SET skipped_count = c.skipped_count + t.n, updated_at = now()
+      FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) t
+     WHERE c.id = t.campaign_id
+)
+UPDATE campaigns c SET finished_at = now(), updated_at = now()
+ WHERE c.id IN (SELECT id FROM cancelled)
+   AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
+                    WHERE r.campaign_id = c.id AND r.status = 'sending')
+   AND NOT EXISTS (SELECT 1 FROM skipped s WHERE s.campaign_id = c.id)
+RETURNING c.id
+
+-- complete_campaigns --
+-- A sending campaign is sent once nothing is pending or in flight. Counters pre-filter the check.
+UPDATE campaigns c SET status = 'sent', finished_at = now(), updated_at = now()
+ WHERE c.status = 'sending'
+   AND (c.sent_count + c.failed_count + c.skipped_count >= c.total_count OR $1::bool)
+   AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
+                    WHERE r.campaign_id = c.id AND r.status IN ('pending', 'sending'))
+RETURNING c.id, c.sent_count, c.failed_count, c.skipped_count
+
+-- campaign_summary --
+SELECT c.id, c.name, c.status, c.error, c.rate_per_sec::float8 AS rate_per_sec, c.total_count,
+       c.sent_count, c.failed_count, c.skipped_count, c.scheduled_at, c.started_at, c.finished_at,
+       (SELECT count(*) FROM campaign_recipients r
+         WHERE r.campaign_id = c.id AND r.status = 'sending') AS in_flight,
+       (SELECT min(sent_at) FROM campaign_recipients r
+         WHERE r.campaign_id = c.id AND r.status = 'sent') AS first_sent_at,
+       (SELECT max(sent_at) FROM campaign_recipients r
+         WHERE r.campaign_id = c.id AND r.status = 'sent') AS last_sent_at
+  FROM campaigns c
+ WHERE c.id = $1
+
+-- campaign_set_status --
+-- CLI and admin API transitions; the WHERE keeps them legal (returns nothing when not allowed).
+UPDATE campaigns
+   SET status = CASE WHEN $2 = 'resume' THEN (CASE WHEN started_at IS NULL THEN 'queued' ELSE 'sending' END)
+                     WHEN $2 = 'send' THEN 'queued'
+                     ELSE $2 END,
+       rate_per_sec = coalesce($3::numeric, rate_per_sec),
+       finished_at = CASE WHEN $2 IN ('send') THEN NULL ELSE finished_at END,
+       error = CASE WHEN $2 IN ('send') THEN NULL ELSE error END,
+       updated_at = now()
+ WHERE id = $1
+   AND CASE $2
+         WHEN 'send' THEN status IN ('draft', 'paused', 'failed', 'queued')
+         WHEN 'paused' THEN status IN ('queued', 'sending')
+         WHEN 'resume' THEN status = 'paused'
+         WHEN 'cancelled' THEN status IN ('draft', 'queued', 'sending', 'paused')
+         ELSE false
+       END
+RETURNING id, status
+
+-- release_held --
+-- Shutdown: whatever this instance still holds goes back to pending for anyone to send.
+UPDATE campaign_recipients
+   SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
+ WHERE status = 'sending' AND claimed_by = $1
+RETURNING id

@@ -1,0 +1,470 @@
+"""The hot path of one instance: claim -> render and send -> write back in batches.
+
+Each sending campaign gets a CampaignRunner: a claimer keeps a small local queue filled from the
+database, a dispatcher paces sends (campaign limit, then account limit) and spawns deliveries,
+and every outcome goes through one ResultBuffer that writes batches back, guarded so that only
+rows this instance still holds change. No database lock is held while SES is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from sender.addresses import AddressError, normalise_address
+from sender.campaigns import CampaignPlan
+from sender.config import Settings
+from sender.db import QUERIES
+from sender.logs import get_logger
+from sender.ratelimit import AdaptiveShare, WindowRateLimiter
+from sender.render import Contact, TemplateProblem, unsubscribe_token
+from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
+
+log = get_logger("sender.pipeline")
+
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A recipient row this instance holds (status `sending`, leased to it)."""
+
+    id: int
+    email: str
+    attempts: int
+    contact: Contact
+    contact_status: str | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Claimed:
+        return cls(
+            id=r["id"], email=r["email"], attempts=r["attempts"],
+            contact=Contact(email=r["email"], first_name=r["first_name"], last_name=r["last_name"],
+                            country=r["country"], attributes=r["attributes"]),
+            contact_status=r["contact_status"],
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one claimed row; `pending` outcomes hand the row back (retry_in seconds)."""
+
+    id: int
+    status: str
+    attempts: int
+    message_id: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    retry_in: float | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    released: int = 0
+    retried: int = 0
+    throttled: int = 0
+    lost_ownership: int = 0
+    send_seconds: float = 0.0
+
+
+class ResultBuffer:
+    """Collects outcomes and writes them in batches on size or time, one path for all writes."""
+
+    def __init__(self, pool: asyncpg.Pool, instance_id: str, *, size: int, interval: float,
+                 stats: Stats, on_flush: Callable[[int, float], None] | None = None) -> None:
+        self._pool = pool
+        self._me = instance_id
+        self._size = size
+        self._interval = interval
+        self._items: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._stats = stats
+        self._on_flush = on_flush
+        self.flushes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, outcome: Outcome) -> None:
+        self._items.append(outcome)
+        if len(self._items) >= self._size:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush every `interval`, or as soon as a batch is full; retries keep results in memory."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self, *, give_up_after: float | None = None) -> bool:
+        """Write everything buffered; True when the buffer is empty afterwards."""
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
+        backoff = 0.1
+        async with self._lock:
+            while self._items:
+                batch = self._items[: self._size * 4]
+                started = time.monotonic()
+                try:
+                    written = await self._write(batch)
+                except DB_ERRORS as exc:
+                    log.warning("write_back_failed", rows=len(batch), error=type(exc).__name__,
+                                retry_in=round(backoff, 2))
+                    if deadline is not None and time.monotonic() + backoff > deadline:
+                        return False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                del self._items[: len(batch)]
+                self.flushes += 1
+                if self._on_flush:
+                    self._on_flush(len(batch), time.monotonic() - started)
+                if written < len(batch):
+                    # another instance recovered these rows after our lease lapsed; it owns them now
+                    self._stats.lost_ownership += len(batch) - written
+                    log.warning("write_back_rows_not_held", rows=len(batch) - written)
+        return True
+
+    async def _write(self, batch: list[Outcome]) -> int:
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+        for o in batch:
+            for column, value in zip(columns, (o.id, o.status, o.message_id, o.error_code, o.error,
+                                               o.attempts, o.retry_in, o.sent_at), strict=True):
+                column.append(value)
+        async with self._pool.acquire() as conn:
+            written = await conn.fetchval(QUERIES["write_back"], self._me, *columns, timeout=30)
+        return int(written)
+
+
+class AccountGate:
+    """Open while the account may send; an account-wide error closes it for every campaign."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self.reason: str | None = None
+        self.code: str | None = None
+        self.kind: ErrorKind | None = None
+        self.since: float | None = None
+        self.remote = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    def close(self, code: str, reason: str, kind: ErrorKind = ErrorKind.ACCOUNT, *, remote: bool = False) -> bool:
+        if not self.is_open:
+            return False
+        self.code, self.reason, self.kind, self.remote = code, reason, kind, remote
+        self.since = time.time()
+        self._open.clear()
+        return True
+
+    def open(self) -> None:
+        self.code = self.reason = self.kind = self.since = None
+        self.remote = False
+        self._open.set()
+
+
+@dataclass
+class SendContext:
+    """What every runner of one instance shares."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    ses: SesClient
+    buffer: ResultBuffer
+    gate: AccountGate
+    share: AdaptiveShare
+    account_limiter: WindowRateLimiter
+    inflight: asyncio.Semaphore
+    retry: RetryPolicy
+    stats: Stats
+    on_account_error: Callable[[SendFailure], None]
+    on_campaign_error: Callable[[int, SendFailure], None]
+    on_sent: Callable[[int, float], None] = field(default=lambda _c, _s: None)
+
+    def throttled(self) -> None:
+        self.stats.throttled += 1
+        if self.share.on_throttle():
+            self.account_limiter.set_rate(self.share.rate)
+            log.info("throttled_rate_cut", rate=round(self.share.rate, 2))
+
+
+SKIP_REASONS = {
+    "unsubscribed": ("ContactUnsubscribed", "contact unsubscribed before send time"),
+    "bounced": ("ContactBounced", "contact address bounced before"),
+    "complained": ("ContactComplained", "contact complained before"),
+}
+
+
+class CampaignRunner:
+    """Sends one campaign from this instance until it is stopped."""
+
+    def __init__(self, plan: CampaignPlan, ctx: SendContext, rate: float) -> None:
+        self.plan = plan
+        self.ctx = ctx
+        self.limiter = WindowRateLimiter(rate, headroom=ctx.settings.rate_headroom)
+        self.queue: deque[Claimed] = deque()
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.cursor = 0
+        self.stopping: str | None = None
+        self.fresh_exhausted = False
+        self._has_rows = asyncio.Event()
+        self._wants_rows = asyncio.Event()
+        self._wants_rows.set()
+        self._last_due_check = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def batch_size(self) -> int:
+        return max(10, min(self.ctx.settings.claim_batch, math.ceil(self.limiter.rate * 2)))
+
+    def set_rate(self, rate: float) -> None:
+        self.limiter.set_rate(rate)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claimer(), name=f"claim-{self.plan.id}"),
+            asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.plan.id}"),
+        ]
+
+    async def stop(self, mode: str) -> None:
+        """Stop claiming and dispatching; hand back queued rows (pending, or skipped on cancel)."""
+        if self.stopping:
+            return
+        self.stopping = mode
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.release_queued(cancelled=mode == "cancel")
+
+    def release_queued(self, *, cancelled: bool = False) -> int:
+        count = 0
+        while self.queue:
+            row = self.queue.popleft()
+            if cancelled:
+                self.ctx.buffer.add(Outcome(row.id, "skipped", row.attempts, error_code="CampaignCancelled",
+                                            error="campaign cancelled"))
+                self.ctx.stats.skipped += 1
+            else:
+                self.ctx.buffer.add(Outcome(row.id, "pending", row.attempts, retry_in=0.0))
+                self.ctx.stats.released += 1
+            count += 1
+        self._wants_rows.set()
+        return count
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        backoff = 0.2
+        while True:
+            await self.ctx.gate.wait_open()
+            if len(self.queue) >= self.batch_size // 2 + 1:
+                self._wants_rows.clear()
+                await self._wants_rows.wait()
+                continue
+            try:
+                rows = await self._claim(self.batch_size - len(self.queue))
+            except DB_ERRORS as exc:
+                log.warning("claim_failed", campaign_id=self.plan.id, error=type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            if not self.ctx.gate.is_open:
+                # the account stopped while we claimed: hand the rows straight back
+                self.queue.extend(rows)
+                self.release_queued()
+                continue
+            if rows:
+                self.queue.extend(rows)
+                self._has_rows.set()
+            else:
+                self._wants_rows.clear()
+                try:
+                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval)
+                except TimeoutError:
+                    pass
+
+    async def _claim(self, n: int) -> list[Claimed]:
+        s = self.ctx.settings
+        me, lease = s.instance_id, s.lease_seconds
+        rows: list[asyncpg.Record] = []
+        async with self.ctx.pool.acquire() as conn:
+            now = time.monotonic()
+            if now - self._last_due_check >= s.poll_interval:
+                self._last_due_check = now
+                rows = await conn.fetch(QUERIES["claim_due"], self.plan.id, n, me, lease, timeout=30)
+            if len(rows) < n:
+                fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, self.cursor,
+                                         n - len(rows), me, lease, timeout=30)
+                if not fresh and self.cursor > 0:
+                    # rows another instance skipped past may sit behind our bound: one pass from 0
+                    self.cursor = 0
+                    fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, 0,
+                                             n - len(rows), me, lease, timeout=30)
+                if fresh:
+                    self.cursor = fresh[-1]["id"]
+                    self.fresh_exhausted = False
+                else:
+                    self.fresh_exhausted = True
+                rows.extend(fresh)
+        return [Claimed.from_record(r) for r in rows]
+
+    # -- dispatching ---------------------------------------------------------------------------
+
+    async def _dispatcher(self) -> None:
+        ctx = self.ctx
+        while True:
+            await ctx.gate.wait_open()
+            if not self.queue:
+                self._has_rows.clear()
+                self._wants_rows.set()
+                await self._has_rows.wait()
+                continue
+            row: Claimed | None = None
+            acquired = False
+            try:
+                await ctx.inflight.acquire()
+                acquired = True
+                row = self.queue.popleft()
+                if len(self.queue) <= self.batch_size // 2:
+                    self._wants_rows.set()
+                await self.limiter.acquire()
+                await ctx.account_limiter.acquire()
+                if not ctx.gate.is_open:
+                    self.queue.appendleft(row)
+                    row = None
+                    ctx.inflight.release()
+                    acquired = False
+                    continue
+                task = asyncio.create_task(self._deliver(row))
+                row = None
+                acquired = False
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+            except asyncio.CancelledError:
+                if row is not None:
+                    self.queue.appendleft(row)
+                if acquired:
+                    ctx.inflight.release()
+                raise
+
+    # -- delivering -------------------------------------------------------------------------------
+
+    def _build_email(self, row: Claimed) -> OutgoingEmail | Outcome:
+        s = self.ctx.settings
+        try:
+            to = normalise_address(row.email)
+        except AddressError as exc:
+            return Outcome(row.id, "failed", row.attempts, error_code="InvalidAddress", error=str(exc))
+        headers: list[tuple[str, str]] = []
+        unsubscribe_url = ""
+        if s.unsubscribe_url and s.unsubscribe_secret:
+            token = unsubscribe_token(s.unsubscribe_secret, self.plan.id, row.id)
+            unsubscribe_url = s.unsubscribe_url.replace("{token}", token)
+            headers = [("List-Unsubscribe", f"<{unsubscribe_url}>"),
+                       ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+        try:
+            rendered = self.plan.templates.render(row.contact, unsubscribe_url=unsubscribe_url)
+        except TemplateProblem as exc:
+            return Outcome(row.id, "failed", row.attempts, error_code="TemplateError", error=str(exc)[:500])
+        return OutgoingEmail(
+            to=to, from_email=self.plan.from_email, subject=rendered.subject, html=rendered.html,
+            text=rendered.text, reply_to=self.plan.reply_to, headers=tuple(headers),
+            tags=(("campaign_id", str(self.plan.id)), ("recipient_id", str(row.id))),
+            configuration_set=s.configuration_set,
+        )
+
+    async def _deliver(self, row: Claimed) -> None:
+        ctx = self.ctx
+        try:
+            ctx.buffer.add(await self._attempt(row))
+        except asyncio.CancelledError:
+            # cut off mid-send at shutdown: the outcome is unknown
+            if ctx.settings.crash_policy == "fail":
+                ctx.buffer.add(Outcome(row.id, "failed", row.attempts + 1, error_code="OutcomeUnknown",
+                                       error="send interrupted by shutdown; SES may have accepted it"))
+                ctx.stats.failed += 1
+            else:
+                ctx.buffer.add(Outcome(row.id, "pending", row.attempts, retry_in=0.0))
+                ctx.stats.released += 1
+            raise
+        finally:
+            ctx.inflight.release()
+
+    async def _attempt(self, row: Claimed) -> Outcome:
+        ctx = self.ctx
+        if row.contact_status and row.contact_status != "subscribed":
+            code, text = SKIP_REASONS.get(row.contact_status, ("ContactInactive", "contact not subscribed"))
+            ctx.stats.skipped += 1
+            return Outcome(row.id, "skipped", row.attempts, error_code=code, error=text)
+        email = self._build_email(row)
+        if isinstance(email, Outcome):
+            ctx.stats.failed += 1
+            return email
+        while True:
+            started = time.monotonic()
+            try:
+                message_id = await ctx.ses.send(email)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is classified; none escapes the row
+                failure = classify(exc, from_email=email.from_email, default_from=ctx.settings.from_email)
+            else:
+                elapsed = time.monotonic() - started
+                ctx.stats.sent += 1
+                ctx.stats.send_seconds += elapsed
+                ctx.on_sent(self.plan.id, elapsed)
+                return Outcome(row.id, "sent", row.attempts + 1, message_id=message_id,
+                               sent_at=datetime.now(UTC))
+            if failure.kind is ErrorKind.THROTTLED:
+                ctx.throttled()
+                if self.stopping or not ctx.gate.is_open:
+                    ctx.stats.released += 1
+                    return Outcome(row.id, "pending", row.attempts, retry_in=0.0)
+                await self.limiter.acquire()
+                await ctx.account_limiter.acquire()
+                continue
+            return self._after_failure(row, failure)
+
+    def _after_failure(self, row: Claimed, failure: SendFailure) -> Outcome:
+        ctx = self.ctx
+        if failure.kind in (ErrorKind.ACCOUNT, ErrorKind.DAILY_QUOTA):
+            ctx.on_account_error(failure)
+            ctx.stats.released += 1
+            return Outcome(row.id, "pending", row.attempts, retry_in=0.0)
+        if failure.kind is ErrorKind.CAMPAIGN:
+            ctx.on_campaign_error(self.plan.id, failure)
+            ctx.stats.released += 1
+            return Outcome(row.id, "pending", row.attempts, retry_in=0.0)
+        attempts = row.attempts + 1
+        if failure.kind is ErrorKind.TRANSIENT and ctx.retry.should_retry(attempts):
+            ctx.stats.retried += 1
+            return Outcome(row.id, "pending", attempts, error_code=failure.code,
+                           error=failure.message or failure.code, retry_in=ctx.retry.delay(attempts))
+        ctx.stats.failed += 1
+        reason = failure.message or failure.code
+        if failure.kind is ErrorKind.TRANSIENT:
+            reason = f"gave up after {attempts} attempts: {reason}"
+        return Outcome(row.id, "failed", attempts, error_code=failure.code, error=reason[:1000])

@@ -1,0 +1,191 @@
+"""Sandboxed Jinja2 rendering: each campaign's templates compiled once, rendered per contact.
+
+HTML autoescapes contact data; subjects are single-line plain text (no header injection);
+string/list multiplication, powers and ranges are bounded so a template cannot eat the CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from typing import Any
+
+from jinja2 import ChainableUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+MAX_LOOP_ITEMS = 10_000
+MAX_PRODUCT_LENGTH = 100_000
+MAX_SUBJECT_LENGTH = 998
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_SPACES = re.compile(r"[ \t]+")
+
+
+class TemplateProblem(Exception):
+    """A template that cannot render; the message says which part and why."""
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_LOOP_ITEMS:
+        raise SecurityError(f"range() of {len(r)} items exceeds the limit of {MAX_LOOP_ITEMS}")
+    return r
+
+
+class CampaignSandbox(SandboxedEnvironment):
+    """Jinja2's sandbox, plus bounds on the operators that can build huge values."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, *, autoescape: bool) -> None:
+        super().__init__(
+            autoescape=autoescape,
+            undefined=ChainableUndefined,
+            finalize=lambda value: "" if value is None else value,
+            loader=None,
+        )
+        self.globals["range"] = _bounded_range
+        self.globals.pop("lipsum", None)  # lipsum(n=10**6) is a cheap way to burn CPU
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "**":
+            if isinstance(right, (int, float)) and abs(right) > 100:
+                raise SecurityError("exponent too large")
+            return operator.pow(left, right)
+        if isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple)):
+            seq, times = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+            if isinstance(times, int) and len(seq) * times > MAX_PRODUCT_LENGTH:
+                raise SecurityError("repetition builds a value over the size limit")
+        return operator.mul(left, right)
+
+
+HTML_ENV = CampaignSandbox(autoescape=True)
+TEXT_ENV = CampaignSandbox(autoescape=False)
+
+
+@dataclass(frozen=True)
+class Contact:
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    country: str | None = None
+    attributes: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    html: str
+    text: str
+
+
+def clean_subject(raw: str) -> str:
+    """One line of plain text: CR, LF and other controls become spaces, so nothing can add a header."""
+    line = _SPACES.sub(" ", _LINE_BREAKS.sub(" ", raw)).strip()
+    return line[:MAX_SUBJECT_LENGTH]
+
+
+class CampaignTemplates:
+    """The subject, HTML and text templates of one campaign, compiled once."""
+
+    def __init__(self, subject: str, html: str, text: str | None, *, max_bytes: int) -> None:
+        for part, source in (("subject", subject), ("content_html", html), ("content_text", text)):
+            if source is not None and len(source.encode("utf-8", "replace")) > max_bytes:
+                raise TemplateProblem(f"template {part} is larger than the {max_bytes}-byte limit")
+        self._subject = self._compile(TEXT_ENV, subject or "", "subject")
+        self._html = self._compile(HTML_ENV, html or "", "content_html")
+        self._text = self._compile(TEXT_ENV, text, "content_text") if text else None
+        # A render with no contact data catches template-wide failures (includes, bad calls,
+        # sandbox violations) before any mail goes out.
+        self.render(Contact(email="preview@example.invalid"), unsubscribe_url="")
+
+    @staticmethod
+    def _compile(env: CampaignSandbox, source: str, part: str) -> Callable[[dict[str, Any]], str]:
+        try:
+            template = env.from_string(source)
+        except TemplateError as exc:
+            line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+            raise TemplateProblem(f"template {part}{line} does not compile: {exc.message or exc}") from None
+        return template.render
+
+    def render(self, contact: Contact, *, unsubscribe_url: str) -> RenderedMessage:
+        context = {
+            "email": contact.email,
+            "first_name": contact.first_name or "",
+            "last_name": contact.last_name or "",
+            "country": contact.country or "",
+            "attributes": dict(contact.attributes or {}),
+            "unsubscribe_url": unsubscribe_url,
+        }
+        try:
+            subject = clean_subject(self._subject(context))
+            html = self._html(context)
+            text = self._text(context) if self._text else html_to_text(html)
+        except (TemplateError, SecurityError, ArithmeticError, TypeError, ValueError, RecursionError,
+                LookupError, AttributeError) as exc:
+            raise TemplateProblem(f"template does not render: {type(exc).__name__}: {exc}") from None
+        return RenderedMessage(subject=subject, html=html, text=text)
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol"})
+    _HIDDEN = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+        self._links: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+        if tag == "a":
+            self._links.append(dict(attrs).get("href"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+        elif tag == "a" and self._links:
+            href = self._links.pop()
+            if href and href.startswith(("http://", "https://", "mailto:")):
+                self.parts.append(f" ({href})")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text part from HTML: blocks become lines, links keep their target."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = (_SPACES.sub(" ", line).strip() for line in "".join(parser.parts).splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def unsubscribe_token(secret: str, campaign_id: int, recipient_id: int) -> str:
+    """`<campaign>.<recipient>.<mac>`: identifies the recipient; the main app verifies the MAC."""
+    payload = f"{campaign_id}.{recipient_id}"
+    mac = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()[:16]
+    return f"{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def verify_unsubscribe_token(secret: str, token: str) -> tuple[int, int] | None:
+    """(campaign_id, recipient_id) when the token is genuine, else None."""
+    try:
+        campaign, recipient, _ = token.split(".")
+        expected = unsubscribe_token(secret, int(campaign), int(recipient))
+    except ValueError:
+        return None
+    return (int(campaign), int(recipient)) if hmac.compare_digest(expected, token) else None
