@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateError
+from jinja2 import ChainableUndefined, DictLoader, TemplateError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 MAX_LOOP_ITEMS = 10_000
@@ -27,7 +27,18 @@ _SPACES = re.compile(r"[ \t]+")
 
 
 class TemplateProblem(Exception):
-    """A template that cannot render; the message says which part and why."""
+    """A template that cannot render; the message says which part and why.
+
+    `data_dependent` problems (a missing value in arithmetic, say) fail one recipient; the others
+    (sandbox violations, includes, runaway loops) fail the whole campaign.
+    """
+
+    def __init__(self, message: str, *, data_dependent: bool = False) -> None:
+        super().__init__(message)
+        self.data_dependent = data_dependent
+
+
+_TEMPLATE_WIDE = (SecurityError, RecursionError, TemplateNotFound)
 
 
 def _bounded_range(*args: int) -> range:
@@ -35,6 +46,10 @@ def _bounded_range(*args: int) -> range:
     if len(r) > MAX_LOOP_ITEMS:
         raise SecurityError(f"range() of {len(r)} items exceeds the limit of {MAX_LOOP_ITEMS}")
     return r
+
+
+def _disabled(*_args: Any, **_kwargs: Any) -> None:
+    raise SecurityError("lipsum() is disabled in campaign templates")
 
 
 class CampaignSandbox(SandboxedEnvironment):
@@ -47,15 +62,21 @@ class CampaignSandbox(SandboxedEnvironment):
             autoescape=autoescape,
             undefined=ChainableUndefined,
             finalize=lambda value: "" if value is None else value,
-            loader=None,
+            loader=DictLoader({}),  # include/extends/import find nothing: a campaign-wide error
         )
         self.globals["range"] = _bounded_range
-        self.globals.pop("lipsum", None)  # lipsum(n=10**6) is a cheap way to burn CPU
+        self.globals["lipsum"] = _disabled  # lipsum(n=10**6) is a cheap way to burn CPU
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        """Touching __class__, __globals__ and friends is an error, not a silent empty string."""
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} is not allowed")
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "**":
             if isinstance(right, (int, float)) and abs(right) > 100:
                 raise SecurityError("exponent too large")
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > 64_000:
+                raise SecurityError("power builds a number over the size limit")
             return operator.pow(left, right)
         if isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple)):
             seq, times = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
@@ -102,7 +123,11 @@ class CampaignTemplates:
         self._text = self._compile(TEXT_ENV, text, "content_text") if text else None
         # A render with no contact data catches template-wide failures (includes, bad calls,
         # sandbox violations) before any mail goes out.
-        self.render(Contact(email="preview@example.invalid"), unsubscribe_url="")
+        try:
+            self.render(Contact(email="preview@example.invalid"), unsubscribe_url="")
+        except TemplateProblem as exc:
+            if not exc.data_dependent:
+                raise
 
     @staticmethod
     def _compile(env: CampaignSandbox, source: str, part: str) -> Callable[[dict[str, Any]], str]:
@@ -128,7 +153,10 @@ class CampaignTemplates:
             text = self._text(context) if self._text else html_to_text(html)
         except (TemplateError, SecurityError, ArithmeticError, TypeError, ValueError, RecursionError,
                 LookupError, AttributeError) as exc:
-            raise TemplateProblem(f"template does not render: {type(exc).__name__}: {exc}") from None
+            raise TemplateProblem(
+                f"template does not render: {type(exc).__name__}: {exc}",
+                data_dependent=not isinstance(exc, _TEMPLATE_WIDE),
+            ) from None
         return RenderedMessage(subject=subject, html=html, text=text)
 
 

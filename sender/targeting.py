@@ -136,10 +136,10 @@ class _Compiler:
             if op == "starts_with":
                 return f"starts_with({hay}, {needle})"
             return f"(right({hay}, length({needle})) = {needle})"
-        if fold:
-            return f"(lower({column}) {_COMPARE[op]} {self.bind(text.lower(), 'text')})"
-        test = f"({column} {_COMPARE[op]} {self.bind(text, 'text')})"
-        return f"coalesce({test}, false)" if op == "neq" else test
+        expr, bound = (f"lower({column})", text.lower()) if fold else (column, text)
+        if op == "neq":  # a contact with no value is "not equal" too
+            return f"({expr} IS DISTINCT FROM {self.bind(bound, 'text')})"
+        return f"({expr} {_COMPARE[op]} {self.bind(bound, 'text')})"
 
     def timestamp(self, op: str, value: Any, path: str) -> str:
         if op not in _COMPARE and op not in ("in", "not_in"):
@@ -157,8 +157,8 @@ class _Compiler:
         k = self.bind(key, "text")
         if op in ("in", "not_in"):
             values = _scalar_list(value, path, (str, int, float, bool))
-            docs = [json.dumps(v) for v in values]
-            test = f"((c.attributes -> {k}) = ANY({self.bind(docs, 'jsonb[]')}))"
+            # values bind as jsonb through the connection's JSON codec (sender.db.pool)
+            test = f"((c.attributes -> {k}) = ANY({self.bind(values, 'jsonb[]')}))"
             return test if op == "in" else f"(NOT coalesce({test}, false))"
         scalar = _scalar(value, path, (str, int, float, bool))
         if op in ("contains", "starts_with", "ends_with"):
@@ -171,7 +171,7 @@ class _Compiler:
             if op == "starts_with":
                 return f"coalesce(starts_with({hay}, {needle}), false)"
             return f"coalesce(right({hay}, length({needle})) = {needle}, false)"
-        doc = self.bind(json.dumps(scalar), "jsonb")
+        doc = self.bind(scalar, "jsonb")
         if op in ("gt", "gte", "lt", "lte"):
             if isinstance(scalar, bool):
                 raise RuleError(f"{path}.value: {op!r} needs a number or string, got a boolean")

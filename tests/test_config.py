@@ -1,0 +1,83 @@
+"""Settings are validated once; a bad value names its variable and never shows a secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sender.config import ConfigError, load_settings, redact_dsn
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert (s.region, s.http_host, s.http_port, s.crash_policy, s.max_attempts) == (
+        "us-east-1", "127.0.0.1", 8080, "retry", 5)
+    assert s.max_rate is None and s.concurrency is None and s.database_url is None
+
+
+def test_ses_region_overrides_aws_region_and_endpoint_overrides() -> None:
+    s = load_settings({"AWS_REGION": "eu-west-1", "SES_REGION": "eu-central-1",
+                       "AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_SESV2": "http://b"})
+    assert (s.region, s.endpoint_url) == ("eu-central-1", "http://b")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SENDER_MAX_RATE": "fast"}, "SENDER_MAX_RATE: expected a number, got 'fast'"),
+    ({"SENDER_MAX_RATE": "-3"}, "SENDER_MAX_RATE: must be at least"),
+    ({"SENDER_MAX_RATE": "nan"}, "SENDER_MAX_RATE: must be at least"),
+    ({"SENDER_CONCURRENCY": "2.5"}, "SENDER_CONCURRENCY: expected a whole number"),
+    ({"SENDER_CRASH_POLICY": "maybe"}, "SENDER_CRASH_POLICY: expected one of retry, fail, got 'maybe'"),
+    ({"SENDER_LOG_FORMAT": "xml"}, "SENDER_LOG_FORMAT"),
+    ({"SENDER_HTTP_PORT": "70000"}, "SENDER_HTTP_PORT: must be at most 65535"),
+    ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL: expected a postgresql:// DSN"),
+    ({"DATABASE_URL": "postgresql://u:p@h:notaport/db"}, "DATABASE_URL: malformed DSN"),
+    ({"UNSUBSCRIBE_URL": "https://x/u"}, "UNSUBSCRIBE_URL: expected an http(s) URL containing {token}"),
+    ({"UNSUBSCRIBE_URL": "https://x/u/{token}"}, "UNSUBSCRIBE_SECRET: required"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(env)
+
+
+def test_secrets_never_in_repr_or_errors() -> None:
+    s = load_settings({"DATABASE_URL": "postgresql://app:hunter2@db/app", "SENDER_ADMIN_TOKEN": "tok-secret",
+                       "UNSUBSCRIBE_URL": "https://x/{token}", "UNSUBSCRIBE_SECRET": "mac-secret"})
+    text = repr(s)
+    assert "hunter2" not in text and "tok-secret" not in text and "mac-secret" not in text
+    assert redact_dsn("postgresql://app:hunter2@db/app") == "postgresql://app:***@db/app"
+    with pytest.raises(ConfigError) as err:
+        load_settings({"DATABASE_URL": "postgresql://app:hunter2@db:bad/app"})
+    assert "hunter2" not in str(err.value)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SENDER_", "DATABASE_URL", "SES_"))}
+    return subprocess.run([sys.executable, "-m", "sender", *args], env=base | env | {"SENDER_ENV_FILE": "/nonexistent"},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_bad_value_is_one_clear_line_and_exit_2() -> None:
+    result = run_cli("run", env={"SENDER_MAX_RATE": "lots", "DATABASE_URL": "postgresql://x@127.0.0.1:1/db",
+                                 "SES_FROM_EMAIL": "a@example.com"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sender: configuration error: SENDER_MAX_RATE: expected a number, got 'lots'"
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_run_without_database_url_says_so() -> None:
+    result = run_cli("run", env={"SES_FROM_EMAIL": "a@example.com"})
+    assert result.returncode == 2
+    assert "DATABASE_URL is not set" in result.stderr
+
+
+def test_env_file_is_read_when_present(tmp_path: pytest.TempPathFactory) -> None:
+    env_file = tmp_path / "custom.env"  # type: ignore[operator]
+    env_file.write_text("SENDER_CRASH_POLICY=bogus\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SENDER_", "DATABASE_URL", "SES_"))}
+    result = subprocess.run([sys.executable, "-m", "sender", "run"], env=base | {"SENDER_ENV_FILE": str(env_file)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "SENDER_CRASH_POLICY" in result.stderr
