@@ -110,7 +110,8 @@ async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextI
             out.write(json.dumps([asdict(p) for p in progress]) + "\n")
         else:
             stamp = datetime.now().strftime("%H:%M:%S")
-            out.write("\n".join(format_progress(p) for p in progress) + f"\n({stamp})\n" if progress else "no campaigns\n")
+            body = "\n".join(format_progress(p) for p in progress)
+            out.write(f"{body}\n({stamp})\n" if progress else "no campaigns\n")
         out.flush()
         active = any(p.status in ("queued", "sending") for p in progress)
         if not args.watch or not active:

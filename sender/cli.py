@@ -46,7 +46,7 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         import uvloop
 
-        return uvloop.run(main())
+        return int(uvloop.run(main()))
     except ImportError:
         return asyncio.run(main())
 

@@ -53,7 +53,8 @@ class Settings:
     )
 
     def __repr__(self) -> str:  # secrets never reach logs, even through repr()
-        shown = {k: v for k, v in self.__dict__.items() if k not in {"admin_token", "unsubscribe_secret", "database_url"}}
+        hidden = {"admin_token", "unsubscribe_secret", "database_url"}
+        shown = {k: v for k, v in self.__dict__.items() if k not in hidden}
         shown["database_url"] = redact_dsn(self.database_url)
         shown["admin_token"] = _secret_repr(self.admin_token)
         shown["unsubscribe_secret"] = _secret_repr(self.unsubscribe_secret)

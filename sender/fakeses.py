@@ -155,8 +155,8 @@ class FakeSES:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        bound = sockets[0].getsockname()[1] if sockets else port
+        server: Any = site._server
+        bound = server.sockets[0].getsockname()[1] if server is not None else port
         self.url = f"http://{host}:{bound}"
         return self.url
 

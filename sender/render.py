@@ -17,7 +17,8 @@ from html.parser import HTMLParser
 from typing import Any
 
 from jinja2 import ChainableUndefined, DictLoader, TemplateError, TemplateNotFound
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 MAX_LOOP_ITEMS = 10_000
 MAX_PRODUCT_LENGTH = 100_000
@@ -134,7 +135,8 @@ class CampaignTemplates:
         try:
             template = env.from_string(source)
         except TemplateError as exc:
-            line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+            lineno = getattr(exc, "lineno", None)
+            line = f" line {lineno}" if lineno else ""
             raise TemplateProblem(f"template {part}{line} does not compile: {exc.message or exc}") from None
         return template.render
 

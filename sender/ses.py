@@ -19,10 +19,12 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from sender.config import Settings
@@ -125,7 +127,7 @@ class RetryPolicy:
 
     def delay(self, attempts_made: int) -> float:
         """Seconds to wait after the n-th failed attempt: half fixed, half random (equal jitter)."""
-        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts_made - 1))
+        ceiling: float = min(self.cap_seconds, self.base_seconds * 2.0 ** max(0, attempts_made - 1))
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
 
 
@@ -176,7 +178,7 @@ class AccountInfo:
 
     @property
     def remaining_24h(self) -> float | None:
-        return None if self.max_24h is None else max(0.0, self.max_24h - self.sent_24h)
+        return None if self.max_24h is None else max(0.0, float(self.max_24h - self.sent_24h))
 
     @classmethod
     def from_response(cls, data: dict[str, Any]) -> AccountInfo:

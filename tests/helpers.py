@@ -40,8 +40,8 @@ async def add_campaign(db: asyncpg.Connection, template_id: int | None, *, rules
                        status: str = "queued", rate: float | None = None, **columns: Any) -> int:
     rules = {} if rules is None else rules
     return int(await db.fetchval(
-        "INSERT INTO campaigns (name, template_id, target_rules, status, rate_per_sec, scheduled_at, from_email, reply_to) "
-        "VALUES ('c', $1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO campaigns (name, template_id, target_rules, status, rate_per_sec, scheduled_at, "
+        "from_email, reply_to) VALUES ('c', $1, $2, $3, $4, $5, $6, $7) RETURNING id",
         template_id, rules, status, rate, columns.get("scheduled_at"), columns.get("from_email"),
         columns.get("reply_to"),
     ))

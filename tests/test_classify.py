@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import aiohttp
@@ -68,7 +67,7 @@ def test_sandbox_recipient_fails_only_that_recipient() -> None:
 
 
 @pytest.mark.parametrize("exc", [
-    asyncio.TimeoutError(), TimeoutError(), aiohttp.ClientConnectionError(),
+    TimeoutError(), TimeoutError(), aiohttp.ClientConnectionError(),
     EndpointConnectionError(endpoint_url="http://x"), ReadTimeoutError(endpoint_url="http://x"),
     ConnectionResetError(),
 ])

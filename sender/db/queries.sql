@@ -97,8 +97,7 @@ WITH picked AS MATERIALIZED (
 ), claimed AS (
     UPDATE campaign_recipients r
        SET status = 'sending', claimed_by = $4, lease_until = now() + make_interval(secs => $5)
-      FROM picked
-     WHERE r.id = picked.id
+     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))  -- primary-key lookups, never a join scan
     RETURNING r.id, r.contact_id, r.email, r.attempts
 )
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
@@ -120,8 +119,7 @@ WITH picked AS MATERIALIZED (
 ), claimed AS (
     UPDATE campaign_recipients r
        SET status = 'sending', claimed_by = $3, lease_until = now() + make_interval(secs => $4)
-      FROM picked
-     WHERE r.id = picked.id
+     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING r.id, r.contact_id, r.email, r.attempts
 )
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
@@ -170,12 +168,15 @@ SELECT coalesce(sum(written), 0)::bigint AS written FROM tally
 
 -- recover_expired_retry --
 -- Crash policy "retry": rows a dead instance left leased go back to pending (at-least-once).
-UPDATE campaign_recipients
+WITH expired AS MATERIALIZED (
+    SELECT id FROM campaign_recipients
+     WHERE status = 'sending' AND lease_until < now()
+     LIMIT 5000 FOR UPDATE SKIP LOCKED
+)
+UPDATE campaign_recipients r
    SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
- WHERE id IN (SELECT id FROM campaign_recipients
-               WHERE status = 'sending' AND lease_until < now()
-               LIMIT 5000 FOR UPDATE SKIP LOCKED)
-RETURNING id
+ WHERE r.id = ANY(ARRAY(SELECT id FROM expired))
+RETURNING r.id
 
 -- recover_expired_fail --
 -- Crash policy "fail": their outcome is unknown, so they are failed, never resent (at-most-once).
@@ -187,7 +188,7 @@ WITH expired AS MATERIALIZED (
     UPDATE campaign_recipients r
        SET status = 'failed', claimed_by = NULL, lease_until = NULL, error_code = 'OutcomeUnknown',
            error = 'the instance sending this message stopped before recording the outcome'
-      FROM expired e WHERE r.id = e.id
+     WHERE r.id = ANY(ARRAY(SELECT id FROM expired))
     RETURNING r.campaign_id
 ), bump AS (
     UPDATE campaigns c SET failed_count = c.failed_count + t.n, updated_at = now()

@@ -1,0 +1,55 @@
+"""The hot queries use their intended indexes on a realistic table (no silent seq scans)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from sender.db import QUERIES
+from sender.db.queries import parse_queries
+
+
+async def _plan(db: asyncpg.Connection, name: str, *args: object) -> str:
+    rows = await db.fetch("EXPLAIN " + QUERIES[name], *args)
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.fixture
+async def big_campaign(db: asyncpg.Connection) -> int:
+    await db.execute("INSERT INTO templates (id, name) VALUES (1, 't')")
+    for cid in (1, 2, 3):
+        await db.execute("INSERT INTO campaigns (id, name, template_id, status) VALUES ($1, 'c', 1, 'sending')", cid)
+        await db.execute(
+            "INSERT INTO campaign_recipients (campaign_id, email, status) "
+            "SELECT $1, 'u' || g || '@example.org', CASE WHEN g % 3 = 0 THEN 'sent' ELSE 'pending' END "
+            "FROM generate_series(1, 20000) g", cid)
+    await db.execute("UPDATE campaign_recipients SET next_attempt_at = now() WHERE id % 97 = 0 AND status = 'pending'")
+    await db.execute("ANALYZE campaign_recipients")
+    return 2
+
+
+async def test_claim_fresh_uses_keyset_partial_index(db: asyncpg.Connection, big_campaign: int) -> None:
+    plan = await _plan(db, "claim_fresh", big_campaign, 5000, 500, "me", 60.0)
+    assert "campaign_recipients_fresh_idx" in plan
+    assert "Seq Scan on campaign_recipients" not in plan
+
+
+async def test_claim_due_uses_retry_index(db: asyncpg.Connection, big_campaign: int) -> None:
+    plan = await _plan(db, "claim_due", big_campaign, 500, "me", 60.0)
+    assert "campaign_recipients_retry_idx" in plan
+    assert "Seq Scan on campaign_recipients" not in plan
+
+
+async def test_write_back_and_recovery_avoid_seq_scans(db: asyncpg.Connection, big_campaign: int) -> None:
+    ids = list(range(1, 501))
+    n = len(ids)
+    plan = await _plan(db, "write_back", "me", ids, ["sent"] * n, ["m"] * n, [None] * n, [None] * n,
+                       [1] * n, [None] * n, [None] * n)
+    assert "Seq Scan on campaign_recipients" not in plan
+    assert "Seq Scan on campaign_recipients" not in await _plan(db, "recover_expired_retry")
+
+
+def test_query_file_parses_and_rejects_duplicates() -> None:
+    assert {"claim_fresh", "claim_due", "write_back", "complete_campaigns"} <= set(QUERIES)
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_queries("-- a --\nSELECT 1\n-- a --\nSELECT 2")
