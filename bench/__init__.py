@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print their conditions and figures (never timed tests)."""
