@@ -36,6 +36,8 @@ class Settings:
     log_level: str = "INFO"
     crash_policy: str = "retry"
     max_attempts: int = 5
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
     unsubscribe_url: str | None = None
     unsubscribe_secret: str | None = field(default=None, repr=False)
     claim_batch: int = 500
@@ -160,6 +162,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         changes["http_port"] = port
     for name, attr, minimum, integer in (
         ("SENDER_MAX_ATTEMPTS", "max_attempts", 1, True),
+        ("SENDER_RETRY_BASE_SECONDS", "retry_base_seconds", 0.01, False),
+        ("SENDER_RETRY_MAX_SECONDS", "retry_max_seconds", 0.01, False),
         ("SENDER_CLAIM_BATCH", "claim_batch", 1, True),
         ("SENDER_FLUSH_SIZE", "flush_size", 1, True),
         ("SENDER_FLUSH_INTERVAL", "flush_interval", 0.01, False),

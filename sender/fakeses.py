@@ -33,6 +33,7 @@ class Fault:
     probability: float = 1.0
     remaining: int | None = None  # None: until cleared
     hang: float = 0.0
+    operations: tuple[str, ...] = ("SendEmail",)  # add "GetAccount" for credential-style faults
 
 
 @dataclass
@@ -55,6 +56,13 @@ class Account:
     sending_enabled: bool = True
     enforcement: str = "HEALTHY"
     review_status: str = "GRANTED"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    at: float  # time.monotonic() on arrival
+    code: str
+    to: str
 
 
 @dataclass
@@ -95,7 +103,7 @@ class FakeSES:
         self.verified_recipients: set[str] = set()
         self.faults: list[Fault] = []
         self.messages: list[ReceivedMessage] = []
-        self.rejections: list[tuple[float, str]] = []
+        self.rejections: list[Rejection] = []
         self.requests = 0
         self._window: deque[float] = deque()
         self._rng = random.Random(seed)
@@ -125,7 +133,7 @@ class FakeSES:
         self.requests = 0
 
     def throttled_count(self) -> int:
-        return sum(1 for _, code in self.rejections if code == "TooManyRequestsException")
+        return sum(1 for r in self.rejections if r.code == "TooManyRequestsException")
 
     def max_in_any_window(self, seconds: float = 1.0) -> int:
         """The most messages accepted in any sliding window of `seconds` (on arrival time)."""
@@ -176,8 +184,10 @@ class FakeSES:
         if self.latency or self.jitter:
             await asyncio.sleep(max(0.0, self.latency + self._rng.uniform(-self.jitter, self.jitter)))
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, operation: str = "SendEmail") -> Fault | None:
         for fault in list(self.faults):
+            if operation not in fault.operations:
+                continue
             if fault.remaining is not None and fault.remaining <= 0:
                 self.faults.remove(fault)
                 continue
@@ -201,22 +211,26 @@ class FakeSES:
         arrived = time.monotonic()
         self.requests += 1
         body = await request.json()
+        to = list(body.get("Destination", {}).get("ToAddresses", []))
+        first_to = to[0] if to else ""
+
+        def reject(status: int, code: str, message: str) -> web.Response:
+            self.rejections.append(Rejection(arrived, code, first_to))
+            return self._error(status, code, message)
+
         fault = self._next_fault()
         if fault is not None:
+            response = reject(fault.status, fault.code, fault.message)
             if fault.hang:
                 await asyncio.sleep(fault.hang)
-            self.rejections.append((arrived, fault.code))
             await self._delay()
-            return self._error(fault.status, fault.code, fault.message)
+            return response
         account = self.account
         if not account.sending_enabled:
-            self.rejections.append((arrived, "SendingPausedException"))
-            return self._error(400, "SendingPausedException", "Sending is paused for this account.")
+            return reject(400, "SendingPausedException", "Sending is paused for this account.")
         from_email = parseaddr(body.get("FromEmailAddress", ""))[1]
-        to = list(body.get("Destination", {}).get("ToAddresses", []))
         if self.check_identities and not self._sender_verified(from_email):
-            self.rejections.append((arrived, "MessageRejected"))
-            return self._error(
+            return reject(
                 400, "MessageRejected",
                 "Email address is not verified. The following identities failed the check in "
                 f"region {self.region.upper()}: {from_email}",
@@ -224,24 +238,20 @@ class FakeSES:
         if not account.production:
             unverified = [a for a in to if parseaddr(a)[1].lower() not in self.verified_recipients]
             if unverified:
-                self.rejections.append((arrived, "MessageRejected"))
-                return self._error(
+                return reject(
                     400, "MessageRejected",
                     "Email address is not verified. The following identities failed the check in "
                     f"region {self.region.upper()}: {', '.join(unverified)}",
                 )
         if any("@" not in parseaddr(a)[1] for a in to) or not to:
-            self.rejections.append((arrived, "BadRequestException"))
-            return self._error(400, "BadRequestException", "Missing final '@domain'")
+            return reject(400, "BadRequestException", "Missing final '@domain'")
         if account.max_24h >= 0 and account.sent_24h + 1 > account.max_24h:
-            self.rejections.append((arrived, "TooManyRequestsException"))
-            return self._error(429, "TooManyRequestsException", "Daily message quota exceeded.")
+            return reject(429, "TooManyRequestsException", "Daily message quota exceeded.")
         if self.enforce_rate:
             while self._window and arrived - self._window[0] >= 1.0:
                 self._window.popleft()
             if len(self._window) >= account.max_send_rate:
-                self.rejections.append((arrived, "TooManyRequestsException"))
-                return self._error(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
+                return reject(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
             self._window.append(arrived)
         account.sent_24h += 1
         simple = body.get("Content", {}).get("Simple", {})
@@ -264,15 +274,15 @@ class FakeSES:
         return web.json_response({"MessageId": message_id})
 
     async def _get_account(self, request: web.Request) -> web.Response:
-        fault = self._next_fault() if any(f.code in _ACCOUNT_WIDE for f in self.faults) else None
-        if fault is not None and fault.code in _ACCOUNT_WIDE - {"SendingPausedException"}:
+        fault = self._next_fault("GetAccount")
+        if fault is not None:
             return self._error(fault.status, fault.code, fault.message)
         a = self.account
         return web.json_response({
             "DedicatedIpAutoWarmupEnabled": False,
             "EnforcementStatus": a.enforcement,
             "ProductionAccessEnabled": a.production,
-            "SendingEnabled": a.sending_enabled and not (fault and fault.code == "SendingPausedException"),
+            "SendingEnabled": a.sending_enabled,
             "SendQuota": {"Max24HourSend": a.max_24h, "MaxSendRate": a.max_send_rate,
                           "SentLast24Hours": a.sent_24h},
             "SuppressionAttributes": {"SuppressedReasons": ["BOUNCE", "COMPLAINT"]},
@@ -311,13 +321,14 @@ class FakeSES:
     async def _dump_messages(self, request: web.Request) -> web.Response:
         return web.json_response({
             "messages": [asdict(m) for m in self.messages],
-            "rejections": [{"at": t, "code": c} for t, c in self.rejections],
+            "rejections": [asdict(r) for r in self.rejections],
             "max_in_any_window": self.max_in_any_window(),
         })
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         spec = await request.json()
-        self.faults = [Fault(**f) for f in spec.get("faults", [])]
+        self.faults = [Fault(**{**f, "operations": tuple(f.get("operations", ("SendEmail",)))})
+                       for f in spec.get("faults", [])]
         for key in ("latency", "jitter"):
             if key in spec:
                 setattr(self, key, float(spec[key]))
@@ -329,12 +340,6 @@ class FakeSES:
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"ok": True})
-
-
-_ACCOUNT_WIDE = frozenset({
-    "SendingPausedException", "AccountSuspendedException", "AccessDeniedException",
-    "InvalidClientTokenId", "UnrecognizedClientException",
-})
 
 
 def main(argv: list[str] | None = None) -> int:

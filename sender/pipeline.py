@@ -353,8 +353,10 @@ class CampaignRunner:
                 await self.limiter.acquire()
                 await ctx.account_limiter.acquire()
                 if not ctx.gate.is_open:
+                    # the account stopped while we waited: this row goes back like the queued ones
                     self.queue.appendleft(row)
                     row = None
+                    self.release_queued()
                     ctx.inflight.release()
                     acquired = False
                     continue

@@ -217,7 +217,8 @@ class SesClient:
 
 def client_config(settings: Settings, *, pool_size: int) -> AioConfig:
     return AioConfig(
-        retries={"mode": "standard", "max_attempts": 1},
+        # botocore's "max_attempts" counts retries (1 = two calls); total_max_attempts=1 is truly off
+        retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=max(10, pool_size),
         connect_timeout=min(10.0, settings.send_timeout),
         read_timeout=settings.send_timeout,
