@@ -106,8 +106,9 @@ class Daemon:
         self._ctx = SendContext(
             settings=s, pool=self._pool, ses=ses, buffer=buffer, gate=self.gate, share=share,
             account_limiter=WindowRateLimiter(share.rate, headroom=s.rate_headroom),
-            inflight=asyncio.Semaphore(concurrency), retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
-                                                cap_seconds=s.retry_max_seconds),
+            inflight=asyncio.Semaphore(concurrency),
+            retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
+                              cap_seconds=s.retry_max_seconds),
             stats=self.stats, on_account_error=self._account_error,
             on_campaign_error=self._campaign_error,
         )

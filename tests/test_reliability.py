@@ -9,7 +9,7 @@ import asyncpg
 
 from sender.config import Settings
 from sender.db import QUERIES, create_pool
-from sender.fakeses import Fault, FakeSES
+from sender.fakeses import FakeSES, Fault
 from sender.pipeline import Outcome, ResultBuffer, Stats
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 
