@@ -20,7 +20,9 @@ import asyncpg
 from sender.campaigns import CampaignProblem, load_plan, start_next_queued
 from sender.config import Settings
 from sender.db import QUERIES, connect, create_pool
+from sender.http import OpsServer
 from sender.logs import get_logger
+from sender.metrics import Metrics
 from sender.pipeline import (
     DB_ERRORS,
     AccountGate,
@@ -31,6 +33,7 @@ from sender.pipeline import (
 )
 from sender.ratelimit import AdaptiveShare, WindowRateLimiter
 from sender.ses import AccountInfo, ErrorKind, RetryPolicy, SendFailure, SesClient, classify, open_ses
+from sender.systemd import SystemdNotifier
 
 log = get_logger("sender.daemon")
 
@@ -45,6 +48,11 @@ class Daemon:
         self.settings = settings
         self._ses = ses
         self.stats = Stats()
+        self.metrics = Metrics()
+        self.notifier = SystemdNotifier()
+        self.ops = OpsServer(self)
+        self._tick_task: asyncio.Task[None] | None = None
+        self._last_progress_log = 0.0
         self.gate = AccountGate()
         self.runners: dict[int, CampaignRunner] = {}
         self.account: AccountInfo | None = None
@@ -102,7 +110,7 @@ class Daemon:
         share = AdaptiveShare(self.cap)
         concurrency = s.concurrency or default_concurrency(self.cap)
         buffer = ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
-                              stats=self.stats)
+                              stats=self.stats, on_flush=self._flushed)
         self._ctx = SendContext(
             settings=s, pool=self._pool, ses=ses, buffer=buffer, gate=self.gate, share=share,
             account_limiter=WindowRateLimiter(share.rate, headroom=s.rate_headroom),
@@ -110,24 +118,30 @@ class Daemon:
             retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
                               cap_seconds=s.retry_max_seconds),
             stats=self.stats, on_account_error=self._account_error,
-            on_campaign_error=self._campaign_error,
+            on_campaign_error=self._campaign_error, metrics=self.metrics,
         )
+        port = await self.ops.start()
         log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
+                 http=f"{s.http_host}:{port}",
                  sandbox=bool(self.account and not self.account.production))
+        self._tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
         background = [
             asyncio.create_task(buffer.run(), name="write-back"),
-            asyncio.create_task(self._tick_loop(stop), name="tick"),
+            self._tick_task,
             asyncio.create_task(self._probe_loop(ses, stop), name="probe"),
+            asyncio.create_task(self._systemd_loop(stop), name="systemd"),
         ]
         background += [asyncio.create_task(hook(self)) for hook in self.hooks]
         try:
             await stop.wait()
         finally:
             log.info("shutdown_started", in_flight=self.in_flight())
+            self.notifier.notify("STOPPING=1", "STATUS=draining in-flight sends")
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown(force)
+            await self.ops.stop()
 
     async def _shutdown(self, force: asyncio.Event | None) -> None:
         """Stop claiming, let in-flight sends finish within the grace period, flush, hand back."""
@@ -172,6 +186,40 @@ class Daemon:
 
     def in_flight(self) -> int:
         return sum(len(r.inflight) for r in self.runners.values())
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None
+        return self._pool
+
+    def tick_running(self) -> bool:
+        return self._tick_task is not None and not self._tick_task.done()
+
+    def current_rate(self) -> float:
+        return self._ctx.share.rate if self._ctx is not None else 0.0
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        m.in_flight.set(self.in_flight())
+        m.rate_limit.set(self.current_rate())
+        m.sending_stopped.set(0 if self.gate.is_open else 1)
+        m.instances.set(self.instances)
+
+    def _flushed(self, rows: int, seconds: float) -> None:
+        self.metrics.write_back_rows.inc(rows)
+        self.metrics.write_back_latency.observe(seconds)
+
+    async def _systemd_loop(self, stop: asyncio.Event) -> None:
+        """READY=1 after the first good tick; WATCHDOG=1 only while the tick loop is healthy."""
+        if not self.notifier.enabled:
+            return
+        await self.ready.wait()
+        self.notifier.notify("READY=1", f"STATUS=sending; cap {self.cap:g}/s")
+        interval = self.notifier.watchdog_interval
+        while interval and not stop.is_set():
+            if self.tick_running() and time.monotonic() - self.last_tick < max(15.0, self.settings.poll_interval * 10):
+                self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     # -- account state ----------------------------------------------------------------------------
 
@@ -255,6 +303,7 @@ class Daemon:
             try:
                 await self.tick()
                 self.db_ok = True
+                self.ready.set()
                 backoff = 0.5
                 wait = self.settings.poll_interval
             except DB_ERRORS as exc:
@@ -333,7 +382,9 @@ class Daemon:
 
     async def _sync_runners(self, pool: asyncpg.Pool) -> None:
         assert self._ctx is not None
-        sending = {r["id"]: r["rate_per_sec"] for r in await pool.fetch(QUERIES["campaigns_sending"])}
+        rows = await pool.fetch(QUERIES["campaigns_sending"])
+        sending = {r["id"]: r["rate_per_sec"] for r in rows}
+        self._report_progress(rows)
         gone = [cid for cid in self.runners if cid not in sending]
         if gone:
             statuses = {r["id"]: r["status"] for r in await pool.fetch(QUERIES["campaign_statuses"], gone)}
@@ -357,6 +408,20 @@ class Daemon:
             self.runners[cid] = runner
             runner.start()
             log.info("campaign_runner_started", campaign_id=cid, rate=round(runner.limiter.rate, 2))
+
+    def _report_progress(self, rows: list[asyncpg.Record]) -> None:
+        """Backlog gauges every tick; a progress log line per sending campaign every 10 s."""
+        self.metrics.backlog.clear()
+        now = time.monotonic()
+        log_now = now - self._last_progress_log >= 10.0
+        for r in rows:
+            done = r["sent_count"] + r["failed_count"] + r["skipped_count"]
+            self.metrics.backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total_count"] - done))
+            if log_now:
+                log.info("campaign_progress", campaign_id=r["id"], total=r["total_count"], sent=r["sent_count"],
+                         failed=r["failed_count"], skipped=r["skipped_count"])
+        if log_now and rows:
+            self._last_progress_log = now
 
     async def _recover_expired(self, pool: asyncpg.Pool) -> None:
         if self.settings.crash_policy == "fail":

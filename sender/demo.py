@@ -114,7 +114,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
         out.write(f"fake SES at {url}: MaxSendRate {rate:g}/s, latency {latency * 1000:.0f} ms; "
                   f"campaign {campaign_id} queued for {recipients} recipients\n")
         settings = settings.with_overrides(database_url=dsn, endpoint_url=url, from_email=DEMO_FROM,
-                                           max_rate=None, poll_interval=0.25)
+                                           max_rate=None, poll_interval=0.25, http_port=0)
         daemon = Daemon(settings)
         stop, done = asyncio.Event(), asyncio.Event()
         started = time.monotonic()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+_ADDRESS = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 
 
 def mask_email(address: str | None) -> str:
@@ -15,6 +19,14 @@ def mask_email(address: str | None) -> str:
         return "***"
     local, domain = address.rsplit("@", 1)
     return f"{local[:1]}***@{domain}"
+
+
+def scrub_addresses(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Last line of defence: any address in any logged string is masked, whoever logged it."""
+    for key, value in event.items():
+        if isinstance(value, str) and "@" in value:
+            event[key] = _ADDRESS.sub(r"\1***@\2", value)
+    return event
 
 
 def configure_logging(fmt: str | None = None, level: str = "INFO", stream: Any = None) -> None:
@@ -30,6 +42,7 @@ def configure_logging(fmt: str | None = None, level: str = "INFO", stream: Any =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            scrub_addresses,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),

@@ -24,6 +24,7 @@ from sender.campaigns import CampaignPlan
 from sender.config import Settings
 from sender.db import QUERIES
 from sender.logs import get_logger
+from sender.metrics import Metrics
 from sender.ratelimit import AdaptiveShare, WindowRateLimiter
 from sender.render import Contact, TemplateProblem, unsubscribe_token
 from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
@@ -201,11 +202,33 @@ class SendContext:
     stats: Stats
     on_account_error: Callable[[SendFailure], None]
     on_campaign_error: Callable[[int, SendFailure], None]
-    on_sent: Callable[[int, float], None] = field(default=lambda _c, _s: None)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def finish(self, campaign_id: int, outcome: Outcome) -> None:
+        """The one place an outcome is counted and queued for write-back."""
+        self._count(campaign_id, outcome)
+        self.buffer.add(outcome)
+
+    def _count(self, campaign_id: int, outcome: Outcome) -> None:
+        if outcome.status == "pending":
+            if outcome.error_code:
+                self.stats.retried += 1
+                self.metrics.retries.inc()
+            else:
+                self.stats.released += 1
+                self.metrics.released.inc()
+            return
+        setattr(self.stats, outcome.status, getattr(self.stats, outcome.status) + 1)
+        self.metrics.outcome(campaign_id, outcome.status)
+        if outcome.status == "failed":
+            log.debug("recipient_failed", campaign_id=campaign_id, recipient_id=outcome.id,
+                      error_code=outcome.error_code)
 
     def throttled(self) -> None:
         self.stats.throttled += 1
+        self.metrics.throttled.inc()
         if self.share.on_throttle():
+            self.metrics.rate_limit.set(self.share.rate)
             self.account_limiter.set_rate(self.share.rate)
             log.info("throttled_rate_cut", rate=round(self.share.rate, 2))
 
@@ -263,12 +286,10 @@ class CampaignRunner:
         while self.queue:
             row = self.queue.popleft()
             if cancelled:
-                self.ctx.buffer.add(Outcome(row.id, "skipped", row.attempts, error_code="CampaignCancelled",
-                                            error="campaign cancelled"))
-                self.ctx.stats.skipped += 1
+                self.ctx.finish(self.plan.id, Outcome(row.id, "skipped", row.attempts,
+                                                      error_code="CampaignCancelled", error="campaign cancelled"))
             else:
-                self.ctx.buffer.add(Outcome(row.id, "pending", row.attempts, retry_in=0.0))
-                self.ctx.stats.released += 1
+                self.ctx.finish(self.plan.id, Outcome(row.id, "pending", row.attempts, retry_in=0.0))
             count += 1
         self._wants_rows.set()
         return count
@@ -401,16 +422,14 @@ class CampaignRunner:
     async def _deliver(self, row: Claimed) -> None:
         ctx = self.ctx
         try:
-            ctx.buffer.add(await self._attempt(row))
+            ctx.finish(self.plan.id, await self._attempt(row))
         except asyncio.CancelledError:
             # cut off mid-send at shutdown: the outcome is unknown
             if ctx.settings.crash_policy == "fail":
-                ctx.buffer.add(Outcome(row.id, "failed", row.attempts + 1, error_code="OutcomeUnknown",
-                                       error="send interrupted by shutdown; SES may have accepted it"))
-                ctx.stats.failed += 1
+                ctx.finish(self.plan.id, Outcome(row.id, "failed", row.attempts + 1, error_code="OutcomeUnknown",
+                                                 error="send interrupted by shutdown; SES may have accepted it"))
             else:
-                ctx.buffer.add(Outcome(row.id, "pending", row.attempts, retry_in=0.0))
-                ctx.stats.released += 1
+                ctx.finish(self.plan.id, Outcome(row.id, "pending", row.attempts, retry_in=0.0))
             raise
         finally:
             ctx.inflight.release()
@@ -419,11 +438,9 @@ class CampaignRunner:
         ctx = self.ctx
         if row.contact_status and row.contact_status != "subscribed":
             code, text = SKIP_REASONS.get(row.contact_status, ("ContactInactive", "contact not subscribed"))
-            ctx.stats.skipped += 1
             return Outcome(row.id, "skipped", row.attempts, error_code=code, error=text)
         email = self._build_email(row)
         if isinstance(email, Outcome):
-            ctx.stats.failed += 1
             return email
         while True:
             started = time.monotonic()
@@ -435,15 +452,13 @@ class CampaignRunner:
                 failure = classify(exc, from_email=email.from_email, default_from=ctx.settings.from_email)
             else:
                 elapsed = time.monotonic() - started
-                ctx.stats.sent += 1
                 ctx.stats.send_seconds += elapsed
-                ctx.on_sent(self.plan.id, elapsed)
+                ctx.metrics.send_latency.observe(elapsed)
                 return Outcome(row.id, "sent", row.attempts + 1, message_id=message_id,
                                sent_at=datetime.now(UTC))
             if failure.kind is ErrorKind.THROTTLED:
                 ctx.throttled()
                 if self.stopping or not ctx.gate.is_open:
-                    ctx.stats.released += 1
                     return Outcome(row.id, "pending", row.attempts, retry_in=0.0)
                 await self.limiter.acquire()
                 await ctx.account_limiter.acquire()
@@ -454,18 +469,14 @@ class CampaignRunner:
         ctx = self.ctx
         if failure.kind in (ErrorKind.ACCOUNT, ErrorKind.DAILY_QUOTA):
             ctx.on_account_error(failure)
-            ctx.stats.released += 1
             return Outcome(row.id, "pending", row.attempts, retry_in=0.0)
         if failure.kind is ErrorKind.CAMPAIGN:
             ctx.on_campaign_error(self.plan.id, failure)
-            ctx.stats.released += 1
             return Outcome(row.id, "pending", row.attempts, retry_in=0.0)
         attempts = row.attempts + 1
         if failure.kind is ErrorKind.TRANSIENT and ctx.retry.should_retry(attempts):
-            ctx.stats.retried += 1
             return Outcome(row.id, "pending", attempts, error_code=failure.code,
                            error=failure.message or failure.code, retry_in=ctx.retry.delay(attempts))
-        ctx.stats.failed += 1
         reason = failure.message or failure.code
         if failure.kind is ErrorKind.TRANSIENT:
             reason = f"gave up after {attempts} attempts: {reason}"

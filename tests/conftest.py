@@ -107,4 +107,5 @@ def settings(db_url: str, fake_ses: FakeSES) -> Settings:
         lease_seconds=30,
         grace_seconds=5,
         send_timeout=5,
+        http_port=0,
     )

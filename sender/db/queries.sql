@@ -80,7 +80,8 @@ UPDATE campaigns SET status = 'failed', error = $2, finished_at = now(), updated
  WHERE id = $1
 
 -- campaigns_sending --
-SELECT id, rate_per_sec::float8 AS rate_per_sec FROM campaigns WHERE status = 'sending' ORDER BY id
+SELECT id, rate_per_sec::float8 AS rate_per_sec, total_count, sent_count, failed_count, skipped_count
+  FROM campaigns WHERE status = 'sending' ORDER BY id
 
 -- campaign_statuses --
 SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])
