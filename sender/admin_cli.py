@@ -89,7 +89,7 @@ async def campaign_command(settings: Settings, args: argparse.Namespace, out: Te
             else:
                 print(f"sender: campaign {args.id} is {current}: cannot {args.action} it", file=sys.stderr)
             return 1
-        print(f"campaign {args.id}: {new_status}")
+        out.write(f"campaign {args.id}: {new_status}\n")
         return 0
     finally:
         await conn.close()

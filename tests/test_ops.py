@@ -234,7 +234,8 @@ async def test_logs_carry_ids_never_addresses_or_secrets(captured_logs: io.Strin
     events = {line["event"] for line in lines}
     assert {"daemon_started", "campaign_started", "campaign_sent", "recipient_failed", "campaign_cannot_send"} <= events
     failed = [line for line in lines if line["event"] == "recipient_failed"]
-    assert all(line["campaign_id"] == campaign and isinstance(line["recipient_id"], int) for line in failed)
+    # the one-shot BadRequest may hit either campaign's send; the bad address is always `campaign`'s
+    assert all(line["campaign_id"] in (campaign, rogue) and isinstance(line["recipient_id"], int) for line in failed)
     assert len(failed) == 2
     assert not re.search(r"[A-Za-z0-9]{2,}@(example\.org|unverified\.org)", text), "full address in logs"
     for secret in (TOKEN, "unsub-secret-value", "testing"):
