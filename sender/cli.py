@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the daemon")
     sub.add_parser("migrate", help="apply database migrations (idempotent)")
+    doctor = sub.add_parser("doctor", help="check SES readiness: identity, DKIM, SPF, production access, quotas")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--dns-server", metavar="HOST[:PORT]", help="resolve DNS through this server")
     demo = sub.add_parser("demo", help="send a demo campaign: embedded PostgreSQL, local fake SES")
     demo.add_argument("--recipients", type=int, default=600, help="contacts to seed (default 600)")
     demo.add_argument("--rate", type=float, default=50.0, help="fake SES MaxSendRate, msg/s (default 50)")
@@ -81,6 +85,19 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from sender.doctor import doctor
+
+    code, report, error = await doctor(settings, nameserver=args.dns_server)
+    if report is None:
+        print(error, file=sys.stderr)
+        if args.json:
+            print(json.dumps({"region": settings.region, "ok": False, "error": error}))
+        return code
+    print(report.to_json() if args.json else report.to_table())
+    return code
+
+
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from sender.demo import format_summary, run_demo
 
@@ -100,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_async(lambda: _daemon(settings))
         if args.command == "migrate":
             return _run_async(lambda: _migrate(settings))
+        if args.command == "doctor":
+            return _run_async(lambda: _doctor(settings, args))
         if args.command == "demo":
             return _run_async(lambda: _demo(settings, args))
         if args.command == "campaign":

@@ -33,7 +33,8 @@ class Fault:
     probability: float = 1.0
     remaining: int | None = None  # None: until cleared
     hang: float = 0.0
-    operations: tuple[str, ...] = ("SendEmail",)  # add "GetAccount" for credential-style faults
+    # which calls it hits: SendEmail, GetAccount, ListEmailIdentities, GetEmailIdentity
+    operations: tuple[str, ...] = ("SendEmail",)
 
 
 @dataclass
@@ -291,6 +292,9 @@ class FakeSES:
         })
 
     async def _list_identities(self, request: web.Request) -> web.Response:
+        fault = self._next_fault("ListEmailIdentities")
+        if fault is not None:
+            return self._error(fault.status, fault.code, fault.message)
         return web.json_response({"EmailIdentities": [
             {"IdentityType": i.kind, "IdentityName": i.name, "SendingEnabled": i.verified,
              "VerificationStatus": "SUCCESS" if i.verified else "PENDING"}
@@ -298,6 +302,9 @@ class FakeSES:
         ]})
 
     async def _get_identity(self, request: web.Request) -> web.Response:
+        fault = self._next_fault("GetEmailIdentity")
+        if fault is not None:
+            return self._error(fault.status, fault.code, fault.message)
         identity = self.identities.get(request.match_info["name"].lower())
         if identity is None:
             return self._error(404, "NotFoundException", f"Email identity {request.match_info['name']} does not exist.")
