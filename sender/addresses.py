@@ -7,6 +7,7 @@ from email.utils import formataddr, parseaddr
 
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]{1,64}$")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class AddressError(ValueError):
@@ -17,7 +18,7 @@ def normalise_address(raw: str | None, *, allow_display_name: bool = False) -> s
     """The address ready for SES (IDN domain in punycode), or AddressError."""
     if raw is None or not raw.strip():
         raise AddressError("empty address")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in raw):
+    if _CONTROL.search(raw):
         raise AddressError("address contains control characters")
     name, address = parseaddr(raw) if allow_display_name else ("", raw.strip())
     if "@" not in address:

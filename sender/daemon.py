@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import time
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,18 @@ from sender.ses import AccountInfo, ErrorKind, RetryPolicy, SendFailure, SesClie
 from sender.systemd import SystemdNotifier
 
 log = get_logger("sender.daemon")
+
+
+def tune_gc_for_throughput() -> None:
+    """Fewer, cheaper collections for an allocation-heavy I/O loop (botocore allocates a lot per call).
+
+    Start-up objects (modules, the SES service model) move to the permanent generation and the
+    young-generation threshold rises from 700 to 10,000: measured here, collections cost the
+    daemon ~250 µs per message with the defaults (bench/throughput.py, GC on vs off).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def default_concurrency(cap: float) -> int:

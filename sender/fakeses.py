@@ -93,7 +93,9 @@ class FakeSES:
         check_identities: bool = False,
         region: str = "us-east-1",
         seed: int | None = None,
+        keep_bodies: bool = True,
     ) -> None:
+        self.keep_bodies = keep_bodies  # False: record recipients and times only (million-message runs)
         self.account = account or Account()
         self.latency = latency
         self.jitter = jitter
@@ -155,6 +157,7 @@ class FakeSES:
         app.router.add_get("/v2/email/identities", self._list_identities)
         app.router.add_get("/v2/email/identities/{name}", self._get_identity)
         app.router.add_get("/_fake/messages", self._dump_messages)
+        app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/_fake/faults", self._set_faults)
         app.router.add_post("/_fake/reset", self._reset)
         return app
@@ -256,7 +259,7 @@ class FakeSES:
                 return reject(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
             self._window.append(arrived)
         account.sent_24h += 1
-        simple = body.get("Content", {}).get("Simple", {})
+        simple = body.get("Content", {}).get("Simple", {}) if self.keep_bodies else {}
         message_id = f"0100{next(self._ids):012x}-{uuid.uuid4()}-000000"
         self.messages.append(ReceivedMessage(
             message_id=message_id,
@@ -333,6 +336,22 @@ class FakeSES:
             "max_in_any_window": self.max_in_any_window(),
         })
 
+    def stats(self) -> dict[str, Any]:
+        times = [m.received_at for m in self.messages]
+        return {
+            "accepted": len(self.messages),
+            "unique_recipients": len({m.to[0] for m in self.messages if m.to}),
+            "requests": self.requests,
+            "throttled": self.throttled_count(),
+            "rejected": len(self.rejections),
+            "max_in_any_window": self.max_in_any_window(),
+            "first_at": min(times) if times else None,
+            "last_at": max(times) if times else None,
+        }
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
     async def _set_faults(self, request: web.Request) -> web.Response:
         spec = await request.json()
         self.faults = [Fault(**{**f, "operations": tuple(f.get("operations", ("SendEmail",)))})
@@ -360,9 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=0.02, help="seconds, +/-")
     parser.add_argument("--sandbox", action="store_true")
     parser.add_argument("--identity", action="append", default=[], help="verified identity (repeatable)")
+    parser.add_argument("--no-enforce", action="store_true", help="accept any rate (measure, don't throttle)")
+    parser.add_argument("--lean", action="store_true", help="record recipients and times only, not bodies")
     args = parser.parse_args(argv)
     fake = FakeSES(account=Account(max_send_rate=args.rate, max_24h=args.daily, production=not args.sandbox),
-                   latency=args.latency, jitter=args.jitter, check_identities=bool(args.identity))
+                   latency=args.latency, jitter=args.jitter, check_identities=bool(args.identity),
+                   enforce_rate=not args.no_enforce, keep_bodies=not args.lean)
     for name in args.identity:
         fake.add_identity(name)
 
@@ -372,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         await asyncio.Event().wait()
 
     try:
-        asyncio.run(serve())
+        try:
+            import uvloop
+
+            uvloop.run(serve())
+        except ImportError:
+            asyncio.run(serve())
     except KeyboardInterrupt:
         pass
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -10,6 +12,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, str], Any] = {}
         r = self.registry
         self.messages = Counter("sender_messages", "Recipients finished, by campaign and outcome",
                                 ["campaign_id", "outcome"], registry=r)
@@ -33,7 +36,11 @@ class Metrics:
                                registry=r)
 
     def outcome(self, campaign_id: int, outcome: str) -> None:
-        self.messages.labels(campaign_id=str(campaign_id), outcome=outcome).inc()
+        key = (campaign_id, outcome)
+        child = self._children.get(key)
+        if child is None:  # labels() costs a lock and a tuple build per call: cache the child
+            child = self._children[key] = self.messages.labels(campaign_id=str(campaign_id), outcome=outcome)
+        child.inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -49,6 +49,14 @@ async def test_write_back_and_recovery_avoid_seq_scans(db: asyncpg.Connection, b
     assert "Seq Scan on campaign_recipients" not in await _plan(db, "recover_expired_retry")
 
 
+async def test_completion_check_probes_partial_indexes_only(db: asyncpg.Connection, big_campaign: int) -> None:
+    plan = await _plan(db, "complete_campaigns", True)
+    assert "Seq Scan on campaign_recipients" not in plan
+    assert "campaign_recipients_campaign_email_key" not in plan
+    for index in ("campaign_recipients_fresh_idx", "campaign_recipients_retry_idx", "campaign_recipients_leased_idx"):
+        assert index in plan
+
+
 def test_query_file_parses_and_rejects_duplicates() -> None:
     assert {"claim_fresh", "claim_due", "write_back", "complete_campaigns"} <= set(QUERIES)
     with pytest.raises(ValueError, match="defined twice"):

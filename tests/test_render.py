@@ -108,3 +108,16 @@ def test_unsubscribe_token_round_trip_and_tamper() -> None:
     assert verify_unsubscribe_token("other", token) is None
     assert verify_unsubscribe_token("k", token.replace("7.42", "7.43")) is None
     assert verify_unsubscribe_token("k", "garbage") is None
+
+
+@pytest.mark.parametrize(("html", "text"), [
+    ("<p>a</p><!-- <p>hidden</p> --><p>b</p>", "a\n\nb"),
+    ("<a href='https://e.com/a'>A</a> and <a href=https://e.com/b>B</a>", "A (https://e.com/a) and B (https://e.com/b)"),
+    ('<a href="javascript:evil()">click</a>', "click"),
+    ('<A HREF="mailto:x@e.com">mail</A>', "mail (mailto:x@e.com)"),
+    ("<SCRIPT type='x'>alert(1)</SCRIPT>ok &lt;3 &amp; &#169;", "ok <3 & ©"),
+    ("line<br>next<br/>last", "line\nnext\nlast"),
+    ("no tags at all", "no tags at all"),
+])
+def test_html_to_text_edge_cases(html: str, text: str) -> None:
+    assert html_to_text(html) == text

@@ -225,8 +225,13 @@ RETURNING c.id
 UPDATE campaigns c SET status = 'sent', finished_at = now(), updated_at = now()
  WHERE c.status = 'sending'
    AND (c.sent_count + c.failed_count + c.skipped_count >= c.total_count OR $1::bool)
+   -- three probes shaped like the three partial indexes, so none scans the campaign's finished rows
    AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
-                    WHERE r.campaign_id = c.id AND r.status IN ('pending', 'sending'))
+                    WHERE r.campaign_id = c.id AND r.status = 'pending' AND r.next_attempt_at IS NULL)
+   AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
+                    WHERE r.campaign_id = c.id AND r.status = 'pending' AND r.next_attempt_at IS NOT NULL)
+   AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
+                    WHERE r.campaign_id = c.id AND r.status = 'sending' AND r.lease_until IS NOT NULL)
 RETURNING c.id, c.sent_count, c.failed_count, c.skipped_count
 
 -- campaign_summary --

@@ -1,0 +1,140 @@
+"""Shared benchmark plumbing: embedded PostgreSQL, a fake SES in its own process, conditions, results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from sender.db import connect
+from sender.db.migrate import migrate
+
+RESULTS = Path(__file__).parent / "results"
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+
+
+def conditions(**extra: Any) -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("aioboto3", "botocore", "aiobotocore", "asyncpg", "aiohttp", "uvloop")},
+        **extra,
+    }
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return path
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    path = save(name, result)
+    print(json.dumps(result, indent=2, default=str))
+    print(f"# saved {path}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """DATABASE_URL when set (a scratch database!), else a throwaway embedded PostgreSQL."""
+    if os.environ.get("BENCH_DATABASE_URL"):
+        yield os.environ["BENCH_DATABASE_URL"]
+        return
+    from sender.embedded import start_embedded
+
+    server, dsn = start_embedded(Path(tempfile.mkdtemp(prefix="sender-bench-")) / "data")
+    try:
+        yield dsn
+    finally:
+        server._cleanup()
+
+
+async def fresh_schema(dsn: str) -> None:
+    conn = await connect(dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class FakeSESProcess:
+    url: str
+    proc: subprocess.Popen[str]
+
+    async def stats(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/_fake/stats") as r:
+            return dict(await r.json())
+
+    async def reset(self) -> None:
+        async with aiohttp.ClientSession() as http, http.post(f"{self.url}/_fake/reset") as r:
+            await r.read()
+
+    async def configure(self, **spec: Any) -> None:
+        async with aiohttp.ClientSession() as http, http.post(f"{self.url}/_fake/faults", json=spec) as r:
+            await r.read()
+
+
+@contextlib.asynccontextmanager
+async def fake_ses_process(*, rate: float, latency: float, jitter: float = 0.0, enforce: bool = True,
+                           lean: bool = False) -> AsyncIterator[FakeSESProcess]:
+    """The fake SES in its own process, so the client's CPU figures are the client's alone."""
+    args = [sys.executable, "-m", "sender.fakeses", "--port", "0", "--rate", str(rate), "--latency", str(latency),
+            "--jitter", str(jitter), "--daily", "-1"]
+    args += ["--no-enforce"] if not enforce else []
+    args += ["--lean"] if lean else []
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        yield FakeSESProcess(url=json.loads(line)["fake_ses"], proc=proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def seed_campaign(conn: asyncpg.Connection, recipients: int, *, rate: float | None = None,
+                        status: str = "queued", html: str | None = None) -> int:
+    """`recipients` contacts and one campaign to all of them, built set-based in SQL."""
+    await conn.execute(
+        "INSERT INTO contacts (email, first_name, last_name, country, attributes) "
+        "SELECT 'user' || g || '@bench.example.net', 'First' || g, 'Last', "
+        "(ARRAY['US','CA','GB','DE'])[1 + g % 4], jsonb_build_object('n', g) "
+        "FROM generate_series(1, $1) g", recipients)
+    template = await conn.fetchval(
+        "INSERT INTO templates (name, subject, content_html) VALUES ('bench', 'Hello {{ first_name }}', $1) "
+        "RETURNING id", html or "<p>Hi {{ first_name }} from {{ country }}, n={{ attributes.n }}</p>")
+    return int(await conn.fetchval(
+        "INSERT INTO campaigns (name, template_id, target_rules, rate_per_sec, status) "
+        "VALUES ('bench', $1, '{}', $2, $3) RETURNING id", template, rate, status))
+
+
+def use_uvloop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
