@@ -56,9 +56,8 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 async def _daemon(settings: Settings) -> int:
-    from sender.daemon import Daemon, tune_gc_for_throughput
+    from sender.daemon import Daemon
 
-    tune_gc_for_throughput()
     stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -67,7 +66,7 @@ async def _daemon(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await Daemon(settings).run(stop, force)
+    await Daemon(settings, tune_gc=True).run(stop, force)
     return 0
 
 
@@ -100,10 +99,8 @@ async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from sender.daemon import tune_gc_for_throughput
     from sender.demo import format_summary, run_demo
 
-    tune_gc_for_throughput()
     result = await run_demo(settings, recipients=args.recipients, rate=args.rate, latency=args.latency)
     print(format_summary(result))
     return 0 if result.status == "sent" and result.failed == 0 else 1

@@ -40,9 +40,9 @@ class Settings:
     retry_max_seconds: float = 300.0
     unsubscribe_url: str | None = None
     unsubscribe_secret: str | None = field(default=None, repr=False)
-    claim_batch: int = 500
-    flush_size: int = 500
-    flush_interval: float = 0.2
+    claim_batch: int = 1000
+    flush_size: int = 1000
+    flush_interval: float = 0.5
     poll_interval: float = 1.0
     lease_seconds: float = 60.0
     grace_seconds: float = 20.0

@@ -57,8 +57,9 @@ def default_concurrency(cap: float) -> int:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, ses: SesClient | None = None) -> None:
+    def __init__(self, settings: Settings, *, ses: SesClient | None = None, tune_gc: bool = False) -> None:
         self.settings = settings
+        self._tune_gc = tune_gc
         self._ses = ses
         self.stats = Stats()
         self.metrics = Metrics()
@@ -134,6 +135,8 @@ class Daemon:
             on_campaign_error=self._campaign_error, metrics=self.metrics,
         )
         port = await self.ops.start()
+        if self._tune_gc:  # after start-up, so the SES model and pool are frozen too
+            tune_gc_for_throughput()
         log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
                  http=f"{s.http_host}:{port}",
                  sandbox=bool(self.account and not self.account.production))
@@ -334,30 +337,43 @@ class Daemon:
         assert ctx is not None and pool is not None
         self._tick_count += 1
         await self._ensure_listener()
-        live = await pool.fetchval(QUERIES["instance_heartbeat"], s.instance_id, s.lease_seconds,
-                                   max(3.0, s.poll_interval * 5), timeout=10)
-        self.instances = int(live)
+        overview_args = (s.instance_id, s.lease_seconds, max(3.0, s.poll_interval * 5))
+        overview = await pool.fetchrow(QUERIES["tick_overview"], *overview_args, timeout=10)
+        self.instances = int(overview["live"])
         ctx.share.instances = self.instances
         ctx.share.recover()
         ctx.account_limiter.set_rate(ctx.share.rate)
-        await self._sync_account_hold(pool)
+        await self._sync_account_hold(pool, overview)
+        if overview["queued_due"] and await self._start_queued(pool):
+            overview = await pool.fetchrow(QUERIES["tick_overview"], *overview_args, timeout=10)
+        await self._fail_campaigns(pool)
+        sending: list[dict[str, Any]] = overview["sending"]
+        await self._sync_runners(pool, sending)
+        # counters move in the same statements as recipient rows, so they say when to look;
+        # every 30th tick looks anyway (recipients the main app added after materialising)
+        if any(c["sent"] + c["failed"] + c["skipped"] >= c["total"] for c in sending) or self._tick_count % 30 == 0:
+            for row in await pool.fetch(QUERIES["complete_campaigns"], self._tick_count % 30 == 0, timeout=30):
+                log.info("campaign_sent", campaign_id=row["id"], sent=row["sent_count"],
+                         failed=row["failed_count"], skipped=row["skipped_count"])
+        if overview["cancelling"]:
+            for row in await pool.fetch(QUERIES["skip_cancelled"], timeout=30):
+                log.info("campaign_cancel_finished", campaign_id=row["id"])
+        if self._tick_count % 5 == 0:
+            await self._recover_expired(pool)
+
+    async def _start_queued(self, pool: asyncpg.Pool) -> bool:
+        """Start up to five due campaigns; True when any was taken (started or failed)."""
+        taken = False
         for _ in range(5):
-            started = await start_next_queued(pool, s)
+            started = await start_next_queued(pool, self.settings)
             if started is None:
                 break
+            taken = True
             if started.started:
                 log.info("campaign_started", campaign_id=started.campaign_id, recipients=started.total)
             else:
                 log.error("campaign_failed", campaign_id=started.campaign_id, error=started.error)
-        await self._fail_campaigns(pool)
-        await self._sync_runners(pool)
-        for row in await pool.fetch(QUERIES["complete_campaigns"], self._tick_count % 10 == 0, timeout=30):
-            log.info("campaign_sent", campaign_id=row["id"], sent=row["sent_count"],
-                     failed=row["failed_count"], skipped=row["skipped_count"])
-        for row in await pool.fetch(QUERIES["skip_cancelled"], timeout=30):
-            log.info("campaign_cancel_finished", campaign_id=row["id"])
-        if self._tick_count % 3 == 0:
-            await self._recover_expired(pool)
+        return taken
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
@@ -366,20 +382,19 @@ class Daemon:
         self._listener = await connect(self.settings.database_url, timeout=10)
         await self._listener.add_listener("sender_campaigns", lambda *_: self._wake.set())
 
-    async def _sync_account_hold(self, pool: asyncpg.Pool) -> None:
+    async def _sync_account_hold(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
         """Share account-wide stops between instances through the sender_account_hold row."""
         if self._pending_hold is not None:
             hold = self._pending_hold
             await pool.execute(QUERIES["account_hold_set"], hold.message, hold.code, self.settings.instance_id)
             self._pending_hold = None
             return
-        row = await pool.fetchrow(QUERIES["account_hold_get"])
-        if row["reason"] is not None and self.gate.is_open:
-            if self.gate.close(row["code"], row["reason"], remote=True):
-                log.error("sending_stopped", code=row["code"], reason=row["reason"], by=row["set_by"])
+        if row["hold_reason"] is not None and self.gate.is_open:
+            if self.gate.close(row["hold_code"], row["hold_reason"], remote=True):
+                log.error("sending_stopped", code=row["hold_code"], reason=row["hold_reason"], by=row["hold_set_by"])
                 for runner in self.runners.values():
                     runner.release_queued()
-        elif row["reason"] is None and not self.gate.is_open and self.gate.remote:
+        elif row["hold_reason"] is None and not self.gate.is_open and self.gate.remote:
             await self._reopen("another instance")
 
     async def _fail_campaigns(self, pool: asyncpg.Pool) -> None:
@@ -393,9 +408,8 @@ class Daemon:
         wanted = rate_per_sec if rate_per_sec else (1.0 if sandbox else self.cap)
         return min(wanted, self.cap) / max(1, self.instances)
 
-    async def _sync_runners(self, pool: asyncpg.Pool) -> None:
+    async def _sync_runners(self, pool: asyncpg.Pool, rows: list[dict[str, Any]]) -> None:
         assert self._ctx is not None
-        rows = await pool.fetch(QUERIES["campaigns_sending"])
         sending = {r["id"]: r["rate_per_sec"] for r in rows}
         self._report_progress(rows)
         gone = [cid for cid in self.runners if cid not in sending]
@@ -406,10 +420,13 @@ class Daemon:
                 runner = self.runners.pop(cid)
                 await runner.stop("cancel" if status == "cancelled" else "pause")
                 log.info("campaign_runner_stopped", campaign_id=cid, status=status)
+        retries_due = {r["id"] for r in rows if r["retries_due"]}
         for cid, rate in sending.items():
             existing = self.runners.get(cid)
             if existing is not None:
                 existing.set_rate(self.campaign_rate(rate))
+                if cid in retries_due:
+                    existing.retries_due()
                 continue
             try:
                 plan = await load_plan(pool, cid, self.settings)
@@ -422,17 +439,17 @@ class Daemon:
             runner.start()
             log.info("campaign_runner_started", campaign_id=cid, rate=round(runner.limiter.rate, 2))
 
-    def _report_progress(self, rows: list[asyncpg.Record]) -> None:
+    def _report_progress(self, rows: list[dict[str, Any]]) -> None:
         """Backlog gauges every tick; a progress log line per sending campaign every 10 s."""
         self.metrics.backlog.clear()
         now = time.monotonic()
         log_now = now - self._last_progress_log >= 10.0
         for r in rows:
-            done = r["sent_count"] + r["failed_count"] + r["skipped_count"]
-            self.metrics.backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total_count"] - done))
+            done = r["sent"] + r["failed"] + r["skipped"]
+            self.metrics.backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total"] - done))
             if log_now:
-                log.info("campaign_progress", campaign_id=r["id"], total=r["total_count"], sent=r["sent_count"],
-                         failed=r["failed_count"], skipped=r["skipped_count"])
+                log.info("campaign_progress", campaign_id=r["id"], total=r["total"], sent=r["sent"],
+                         failed=r["failed"], skipped=r["skipped"])
         if log_now and rows:
             self._last_progress_log = now
 

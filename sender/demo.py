@@ -115,7 +115,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
                   f"campaign {campaign_id} queued for {recipients} recipients\n")
         settings = settings.with_overrides(database_url=dsn, endpoint_url=url, from_email=DEMO_FROM,
                                            max_rate=None, poll_interval=0.25, http_port=0)
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, tune_gc=True)
         stop, done = asyncio.Event(), asyncio.Event()
         started = time.monotonic()
         daemon_task = asyncio.create_task(daemon.run(stop))

@@ -112,15 +112,20 @@ class ResultBuffer:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.flush()
+            await self.flush(drain=False)
 
-    async def flush(self, *, give_up_after: float | None = None) -> bool:
-        """Write everything buffered; True when the buffer is empty afterwards."""
+    async def flush(self, *, give_up_after: float | None = None, drain: bool = True) -> bool:
+        """Write what is buffered; True when nothing that was buffered is left.
+
+        `drain=False` writes only what was there when the flush began: rows that arrive during the
+        write wait for the next size-or-time trigger instead of going out in a trickle of tiny batches.
+        """
         deadline = None if give_up_after is None else time.monotonic() + give_up_after
         backoff = 0.1
         async with self._lock:
-            while self._items:
-                batch = self._items[: self._size * 4]
+            owed = len(self._items)
+            while self._items and (drain or owed > 0):
+                batch = self._items[: self._size * 4 if drain else min(owed, self._size * 4)]
                 started = time.monotonic()
                 try:
                     written = await self._write(batch)
@@ -133,6 +138,7 @@ class ResultBuffer:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 del self._items[: len(batch)]
+                owed -= len(batch)
                 self.flushes += 1
                 if self._on_flush:
                     self._on_flush(len(batch), time.monotonic() - started)
@@ -255,7 +261,7 @@ class CampaignRunner:
         self._has_rows = asyncio.Event()
         self._wants_rows = asyncio.Event()
         self._wants_rows.set()
-        self._last_due_check = 0.0
+        self._check_due = True  # claim rows that came back, when the tick says some are due
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -264,6 +270,11 @@ class CampaignRunner:
 
     def set_rate(self, rate: float) -> None:
         self.limiter.set_rate(rate)
+
+    def retries_due(self) -> None:
+        """The tick saw rows of this campaign due for another attempt."""
+        self._check_due = True
+        self._wants_rows.set()
 
     def start(self) -> None:
         self._tasks = [
@@ -332,10 +343,9 @@ class CampaignRunner:
         me, lease = s.instance_id, s.lease_seconds
         rows: list[asyncpg.Record] = []
         async with self.ctx.pool.acquire() as conn:
-            now = time.monotonic()
-            if now - self._last_due_check >= s.poll_interval:
-                self._last_due_check = now
+            if self._check_due:
                 rows = await conn.fetch(QUERIES["claim_due"], self.plan.id, n, me, lease, timeout=30)
+                self._check_due = len(rows) == n  # a full batch: there may be more
             if len(rows) < n:
                 fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, self.cursor,
                                          n - len(rows), me, lease, timeout=30)
@@ -349,6 +359,7 @@ class CampaignRunner:
                     self.fresh_exhausted = False
                 else:
                     self.fresh_exhausted = True
+                    self._check_due = True  # nothing fresh left: look for due rows every time
                 rows.extend(fresh)
         return [Claimed.from_record(r) for r in rows]
 

@@ -13,9 +13,15 @@ SELECT version FROM sender_migrations ORDER BY version
 -- migration_record --
 INSERT INTO sender_migrations (version) VALUES ($1)
 
--- instance_heartbeat --
--- Register or refresh this instance, renew the leases on the rows it holds, and return how
--- many instances are alive (each takes an equal share of the account rate).
+-- instance_forget --
+DELETE FROM sender_instances WHERE id = $1 OR heartbeat_at < now() - interval '1 day'
+
+-- tick_overview --
+-- One round trip per tick: register or refresh this instance and renew the leases on the rows it
+-- holds; count live instances (each takes an equal share of the account rate); read the account
+-- hold; list the sending campaigns with their counters and whether retries are due; and say
+-- whether any queued campaign is due or any cancelled one unfinished, so the tick runs the
+-- statements that act on those only when there is something to do.
 WITH beat AS (
     INSERT INTO sender_instances (id) VALUES ($1)
     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
@@ -25,15 +31,22 @@ WITH beat AS (
      WHERE status = 'sending' AND claimed_by = $1
     RETURNING 1
 )
-SELECT 1 + count(*) AS live
-  FROM sender_instances
- WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $3)
-
--- instance_forget --
-DELETE FROM sender_instances WHERE id = $1 OR heartbeat_at < now() - interval '1 day'
-
--- account_hold_get --
-SELECT reason, code, since, set_by FROM sender_account_hold WHERE id = 1
+SELECT 1 + (SELECT count(*) FROM sender_instances
+             WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $3)) AS live,
+       h.reason AS hold_reason, h.code AS hold_code, h.set_by AS hold_set_by,
+       EXISTS (SELECT 1 FROM campaigns WHERE status = 'queued'
+                  AND (scheduled_at IS NULL OR scheduled_at <= now())) AS queued_due,
+       EXISTS (SELECT 1 FROM campaigns WHERE status = 'cancelled' AND finished_at IS NULL) AS cancelling,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'id', c.id, 'rate_per_sec', c.rate_per_sec::float8, 'total', c.total_count,
+                    'sent', c.sent_count, 'failed', c.failed_count, 'skipped', c.skipped_count,
+                    'retries_due', EXISTS (SELECT 1 FROM campaign_recipients r
+                                            WHERE r.campaign_id = c.id AND r.status = 'pending'
+                                              AND r.next_attempt_at IS NOT NULL AND r.next_attempt_at <= now()))
+                    ORDER BY c.id)
+                   FROM campaigns c WHERE c.status = 'sending'), '[]'::jsonb) AS sending
+  FROM sender_account_hold h
+ WHERE h.id = 1
 
 -- account_hold_set --
 UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $3
@@ -78,10 +91,6 @@ RETURNING c.total_count
 -- campaign_fail --
 UPDATE campaigns SET status = 'failed', error = $2, finished_at = now(), updated_at = now()
  WHERE id = $1
-
--- campaigns_sending --
-SELECT id, rate_per_sec::float8 AS rate_per_sec, total_count, sent_count, failed_count, skipped_count
-  FROM campaigns WHERE status = 'sending' ORDER BY id
 
 -- campaign_statuses --
 SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])
