@@ -23,6 +23,16 @@ from typing import Any
 from aiohttp import web
 
 
+def max_in_window(times: list[float], seconds: float = 1.0) -> int:
+    """The most of the sorted `times` that fall in any half-open window of `seconds`."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 @dataclass
 class Fault:
     """An injected failure: an SES error code with its HTTP status, or a hang (`hang` seconds)."""
@@ -140,13 +150,7 @@ class FakeSES:
 
     def max_in_any_window(self, seconds: float = 1.0) -> int:
         """The most messages accepted in any sliding window of `seconds` (on arrival time)."""
-        times = sorted(m.received_at for m in self.messages)
-        best, start = 0, 0
-        for end, t in enumerate(times):
-            while t - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(sorted(m.received_at for m in self.messages), seconds)
 
     # -- server ----------------------------------------------------------------------------
 

@@ -103,11 +103,15 @@ class OpsServer:
             return _error(400, "campaign id must be a positive whole number")
         return int(raw)
 
-    async def campaign(self, request: web.Request) -> web.Response:
+    def _admin_campaign(self, request: web.Request) -> int | web.Response:
+        """The campaign id of an authorised admin request, or the error response to send."""
         denied = self._authorised(request)
         if denied:
             return denied
-        cid = self._campaign_id(request)
+        return self._campaign_id(request)
+
+    async def campaign(self, request: web.Request) -> web.Response:
+        cid = self._admin_campaign(request)
         if isinstance(cid, web.Response):
             return cid
         pool = self.daemon.pool
@@ -125,10 +129,7 @@ class OpsServer:
         return web.json_response(progress)
 
     async def campaign_action(self, request: web.Request) -> web.Response:
-        denied = self._authorised(request)
-        if denied:
-            return denied
-        cid = self._campaign_id(request)
+        cid = self._admin_campaign(request)
         if isinstance(cid, web.Response):
             return cid
         action = request.match_info["action"]

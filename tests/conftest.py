@@ -95,6 +95,18 @@ async def fake_ses() -> AsyncIterator[FakeSES]:
     await fake.stop()
 
 
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's server mode over HTTP (its mock_aws cannot intercept aioboto3)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def settings(db_url: str, fake_ses: FakeSES) -> Settings:
     return Settings(

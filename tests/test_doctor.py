@@ -6,11 +6,11 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+import urllib.request
+from collections.abc import AsyncIterator
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from sender.config import Settings
 from sender.doctor import FAIL, PASS, WARN, Report, doctor
@@ -178,16 +178,8 @@ async def test_unreachable_endpoint_exit_2(dns_server: TinyDNS) -> None:
     assert "SES did not answer ListEmailIdentities" in error
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 async def test_identity_rows_against_moto(moto_url: str, dns_server: TinyDNS) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=10)
     client = boto3.client("sesv2", region_name="us-east-1", endpoint_url=moto_url,
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_email_identity(EmailIdentity="example.com")

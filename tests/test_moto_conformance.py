@@ -5,24 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
 
 import asyncpg
 import boto3
-import pytest
-from moto.server import ThreadedMotoServer
 
 from sender.config import Settings
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def moto_messages(url: str) -> list[dict[str, object]]:

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import time
 
+from sender.fakeses import max_in_window
 from sender.ratelimit import AdaptiveShare, WindowRateLimiter
-
-
-def max_in_window(times: list[float], span: float = 1.0) -> int:
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= span:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def test_no_window_exceeds_cap_even_after_a_stall() -> None:
