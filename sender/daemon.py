@@ -19,8 +19,9 @@ from typing import Any
 import asyncpg
 
 from sender.campaigns import CampaignProblem, load_plan, start_next_queued
-from sender.config import Settings
+from sender.config import ConfigError, Settings
 from sender.db import QUERIES, connect, create_pool
+from sender.db.migrate import available_migrations
 from sender.http import OpsServer
 from sender.logs import get_logger
 from sender.metrics import Metrics
@@ -32,7 +33,7 @@ from sender.pipeline import (
     SendContext,
     Stats,
 )
-from sender.ratelimit import AdaptiveShare, WindowRateLimiter
+from sender.ratelimit import AdaptiveShare, SlidingWindow, WindowRateLimiter
 from sender.ses import AccountInfo, ErrorKind, RetryPolicy, SendFailure, SesClient, classify, open_ses
 from sender.systemd import SystemdNotifier
 
@@ -120,6 +121,7 @@ class Daemon:
     async def _serve(self, ses: SesClient, stop: asyncio.Event, force: asyncio.Event | None) -> None:
         s = self.settings
         assert self._pool is not None
+        await self._check_schema()
         await self._refresh_account(ses, first=True)
         share = AdaptiveShare(self.cap)
         concurrency = s.concurrency or default_concurrency(self.cap)
@@ -127,14 +129,20 @@ class Daemon:
                               stats=self.stats, on_flush=self._flushed)
         self._ctx = SendContext(
             settings=s, pool=self._pool, ses=ses, buffer=buffer, gate=self.gate, share=share,
-            account_limiter=WindowRateLimiter(share.rate, headroom=s.rate_headroom),
+            account_limiter=WindowRateLimiter(share.rate, headroom=s.rate_headroom, window=False),
+            account_window=SlidingWindow(share.rate),
             inflight=asyncio.Semaphore(concurrency),
             retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
                               cap_seconds=s.retry_max_seconds),
             stats=self.stats, on_account_error=self._account_error,
             on_campaign_error=self._campaign_error, metrics=self.metrics,
         )
-        port = await self.ops.start()
+        ses.gate_wire(self._ctx.account_window.acquire)
+        try:
+            port = await self.ops.start()
+        except OSError as exc:
+            raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
+                              f"({exc.strerror or exc})") from None
         if self._tune_gc:  # after start-up, so the SES model and pool are frozen too
             tune_gc_for_throughput()
         log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
@@ -199,6 +207,19 @@ class Daemon:
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)
+
+    async def _check_schema(self) -> None:
+        """Refuse to run against a database that `sender migrate` has not brought up to date."""
+        assert self._pool is not None
+        wanted = [version for version, _ in available_migrations()]
+        try:
+            applied = {r["version"] for r in await self._pool.fetch(QUERIES["migrations_applied"])}
+        except asyncpg.UndefinedTableError:
+            applied = set()
+        missing = [v for v in wanted if v not in applied]
+        if missing:
+            raise ConfigError(f"DATABASE_URL: the schema is not up to date (missing {', '.join(missing)}): "
+                              "run `sender migrate`")
 
     def in_flight(self) -> int:
         return sum(len(r.inflight) for r in self.runners.values())
@@ -342,7 +363,7 @@ class Daemon:
         self.instances = int(overview["live"])
         ctx.share.instances = self.instances
         ctx.share.recover()
-        ctx.account_limiter.set_rate(ctx.share.rate)
+        ctx.apply_share()
         await self._sync_account_hold(pool, overview)
         if overview["queued_due"] and await self._start_queued(pool):
             overview = await pool.fetchrow(QUERIES["tick_overview"], *overview_args, timeout=10)

@@ -25,7 +25,7 @@ from sender.config import Settings
 from sender.db import QUERIES
 from sender.logs import get_logger
 from sender.metrics import Metrics
-from sender.ratelimit import AdaptiveShare, WindowRateLimiter
+from sender.ratelimit import AdaptiveShare, SlidingWindow, WindowRateLimiter
 from sender.render import Contact, TemplateProblem, unsubscribe_token
 from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
 
@@ -202,7 +202,8 @@ class SendContext:
     buffer: ResultBuffer
     gate: AccountGate
     share: AdaptiveShare
-    account_limiter: WindowRateLimiter
+    account_limiter: WindowRateLimiter  # pacing at dispatch
+    account_window: SlidingWindow  # the hard per-second cap, at the wire
     inflight: asyncio.Semaphore
     retry: RetryPolicy
     stats: Stats
@@ -230,12 +231,18 @@ class SendContext:
             log.debug("recipient_failed", campaign_id=campaign_id, recipient_id=outcome.id,
                       error_code=outcome.error_code)
 
+    def apply_share(self) -> None:
+        """Pace and cap this instance at its current share of the account rate."""
+        rate = self.share.rate
+        self.account_limiter.set_rate(rate)
+        self.account_window.set_rate(rate)
+        self.metrics.rate_limit.set(rate)
+
     def throttled(self) -> None:
         self.stats.throttled += 1
         self.metrics.throttled.inc()
         if self.share.on_throttle():
-            self.metrics.rate_limit.set(self.share.rate)
-            self.account_limiter.set_rate(self.share.rate)
+            self.apply_share()
             log.info("throttled_rate_cut", rate=round(self.share.rate, 2))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +200,14 @@ class SesClient:
     def __init__(self, client: Any, *, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
+
+    def gate_wire(self, gate: Callable[[], Awaitable[None]]) -> None:
+        """Await `gate` right before each SendEmail request goes on the wire (after signing)."""
+
+        async def before_send(**_: Any) -> None:
+            await gate()
+
+        self._client.meta.events.register("before-send.sesv2.SendEmail", before_send)
 
     async def send(self, email: OutgoingEmail) -> str:
         async with asyncio.timeout(self._timeout):

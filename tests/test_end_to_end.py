@@ -196,3 +196,37 @@ async def test_contacts_unsubscribed_after_materialising_are_skipped(db: asyncpg
     assert rows["not an address"]["error_code"] == "InvalidAddress"
     assert sorted(m.to[0] for m in fake_ses.messages) == sorted(
         f"user{i}@example.org" for i in (0, 1, 3, 4))
+
+
+async def test_unsubscribe_headers_and_configuration_set_tags(db: asyncpg.Connection, settings: Settings,
+                                                              fake_ses: FakeSES) -> None:
+    from sender.render import verify_unsubscribe_token
+
+    await add_contacts(db, 3)
+    campaign = await add_campaign(db, await add_template(db, html='<p><a href="{{ unsubscribe_url }}">stop</a></p>'))
+    configured = settings.with_overrides(unsubscribe_url="https://app.example.com/u/{token}",
+                                         unsubscribe_secret="k3y", configuration_set="events")
+    async with running_daemon(configured):
+        await wait_for(lambda: _is(db, campaign, "sent"), timeout=30)
+    ids = {r["email"]: r["id"] for r in await db.fetch("SELECT id, email FROM campaign_recipients")}
+    assert len(fake_ses.messages) == 3
+    for m in fake_ses.messages:
+        recipient = ids[m.to[0]]
+        link = m.headers["List-Unsubscribe"]
+        assert link.startswith("<https://app.example.com/u/") and link.endswith(">")
+        token = link[len("<https://app.example.com/u/"):-1]
+        assert verify_unsubscribe_token("k3y", token) == (campaign, recipient)
+        assert m.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert f'href="https://app.example.com/u/{token}"' in m.html
+        assert m.configuration_set == "events"
+        assert m.tags == {"campaign_id": str(campaign), "recipient_id": str(recipient)}
+
+
+async def test_without_unsubscribe_or_configuration_set_no_extras(db: asyncpg.Connection, settings: Settings,
+                                                                  fake_ses: FakeSES) -> None:
+    await add_contacts(db, 1)
+    campaign = await add_campaign(db, await add_template(db))
+    async with running_daemon(settings):
+        await wait_for(lambda: _is(db, campaign, "sent"), timeout=30)
+    [m] = fake_ses.messages
+    assert (m.headers, m.tags, m.configuration_set) == ({}, {}, None)

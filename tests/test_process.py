@@ -101,3 +101,36 @@ async def test_migrate_on_empty_database_applies_everything(pg_admin_dsn: str) -
     finally:
         await admin.execute('DROP DATABASE IF EXISTS "sender_empty" WITH (FORCE)')
         await admin.close()
+
+
+async def test_run_refuses_an_unmigrated_database(pg_admin_dsn: str, settings: Settings) -> None:
+    from tests.conftest import with_database
+
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute('DROP DATABASE IF EXISTS "sender_unmigrated"')
+    await admin.execute('CREATE DATABASE "sender_unmigrated"')
+    try:
+        empty = with_database(pg_admin_dsn, "sender_unmigrated")
+        proc = await start_daemon(settings.with_overrides(database_url=empty))
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await admin.execute('DROP DATABASE IF EXISTS "sender_unmigrated" WITH (FORCE)')
+        await admin.close()
+    assert proc.returncode == 2
+    assert stderr.decode().strip().splitlines()[-1] == (
+        "sender: configuration error: DATABASE_URL: the schema is not up to date (missing 0001_schema): "
+        "run `sender migrate`")
+
+
+async def test_run_names_the_port_when_it_is_taken(db_url: str, settings: Settings) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await start_daemon(settings, SENDER_HTTP_PORT=str(port))
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(f"sender: configuration error: SENDER_HTTP_PORT: cannot listen on 127.0.0.1:{port}")

@@ -34,11 +34,11 @@ def test_adaptive_share_cuts_on_throttle_and_recovers() -> None:
     share.instances = 2
     assert share.rate == 50
     assert share.on_throttle() is True
-    assert share.rate == 35
+    assert share.rate == 40
     assert share.on_throttle() is False, "at most one cut a second"
     share._last_cut -= 3  # as if three seconds passed without throttling
     share.recover()
-    assert round(share.rate, 6) == 37.5
+    assert round(share.rate, 6) == 42.5
     for _ in range(20):
         share.recover()
     assert share.rate == 50
