@@ -86,12 +86,18 @@ class AdaptiveShare:
         return self.cap / max(1, self.instances) * self.factor
 
     def on_throttle(self) -> bool:
-        """Cut the rate by 20%, at most once a second; True when it was cut."""
+        """Cut the rate, at most once a second; True when it was cut.
+
+        A lone 429 while pacing at the cap is most likely jitter on the way to SES: cut 5%.
+        Another within 10 s means real overload (another sender on the account, a lower quota):
+        cut 20% each time until it stops.
+        """
         now = time.monotonic()
         if now - self._last_cut < 1.0:
             return False
+        repeated = now - self._last_cut < 10.0
         self._last_cut = now
-        self.factor = max(self._floor, self.factor * 0.8)
+        self.factor = max(self._floor, self.factor * (0.8 if repeated else 0.95))
         return True
 
     def recover(self) -> None:
