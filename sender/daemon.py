@@ -13,7 +13,6 @@ import contextlib
 import gc
 import math
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -83,7 +82,6 @@ class Daemon:
         self._tick_count = 0
         self._pending_hold: SendFailure | None = None
         self._failed_campaigns: dict[int, SendFailure] = {}
-        self.hooks: list[Callable[[Daemon], Coroutine[Any, Any, None]]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -155,7 +153,6 @@ class Daemon:
             asyncio.create_task(self._probe_loop(ses, stop), name="probe"),
             asyncio.create_task(self._systemd_loop(stop), name="systemd"),
         ]
-        background += [asyncio.create_task(hook(self)) for hook in self.hooks]
         try:
             await stop.wait()
         finally:
@@ -177,8 +174,7 @@ class Daemon:
             waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
             if force is not None:
                 waiters.add(asyncio.ensure_future(force.wait()))
-            await asyncio.wait(waiters, timeout=self.settings.grace_seconds,
-                                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=self.settings.grace_seconds, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
             for t in tasks:
