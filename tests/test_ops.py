@@ -281,3 +281,30 @@ async def test_systemd_notify_protocol_over_a_real_socket(tmp_path: Path, settin
         await asyncio.wait_for(task, 30)
         receiver.close()
     assert received[-1].startswith("STOPPING=1")
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_log_format_follows_the_terminal(tty: bool) -> None:
+    from sender.logs import get_logger
+
+    stream = _Stream(tty)
+    configure_logging(None, "INFO", stream=stream)
+    try:
+        get_logger("t").info("campaign_started", campaign_id=7, to="ann.lee@example.org")
+    finally:
+        configure_logging("console", "INFO")
+    line = stream.getvalue().strip()
+    if tty:
+        assert "campaign_started" in line and "campaign_id=7" in line and not line.startswith("{")
+    else:
+        assert json.loads(line)["campaign_id"] == 7
+    assert "ann.lee@" not in line and "a***@example.org" in line
