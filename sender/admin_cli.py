@@ -122,8 +122,8 @@ async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextI
 async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Render the campaign for ADDRESS (with its contact data when it is a contact) and send it."""
     from sender.addresses import AddressError, normalise_address
-    from sender.render import unsubscribe_token
-    from sender.ses import OutgoingEmail, classify, open_ses
+    from sender.render import TemplateProblem
+    from sender.ses import classify, open_ses
 
     try:
         to = normalise_address(args.to)
@@ -142,18 +142,11 @@ async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = 
     finally:
         await conn.close()
     contact = Contact(email=to, **dict(row)) if row else Contact(email=to)
-    unsubscribe_url = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    if settings.unsubscribe_url and settings.unsubscribe_secret:
-        unsubscribe_url = settings.unsubscribe_url.replace(
-            "{token}", unsubscribe_token(settings.unsubscribe_secret, plan.id, 0))
-        headers = (("List-Unsubscribe", f"<{unsubscribe_url}>"),
-                   ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    rendered = plan.templates.render(contact, unsubscribe_url=unsubscribe_url)
-    email = OutgoingEmail(to=to, from_email=plan.from_email, subject="[TEST] " + rendered.subject,
-                          html=rendered.html, text=rendered.text, reply_to=plan.reply_to, headers=headers,
-                          tags=(("campaign_id", str(plan.id)), ("recipient_id", "test")),
-                          configuration_set=settings.configuration_set)
+    try:
+        email = plan.compose(settings, contact, to=to, recipient_id=None, subject_prefix="[TEST] ")
+    except TemplateProblem as exc:
+        print(f"sender: campaign {plan.id} does not render for {mask_email(to)}: {exc}", file=sys.stderr)
+        return 1
     async with open_ses(settings, pool_size=1) as ses:
         try:
             message_id = await ses.send(email)

@@ -15,7 +15,8 @@ import asyncpg
 from sender.addresses import AddressError, normalise_address
 from sender.config import Settings
 from sender.db import QUERIES
-from sender.render import CampaignTemplates, TemplateProblem
+from sender.render import CampaignTemplates, Contact, TemplateProblem, unsubscribe_token
+from sender.ses import OutgoingEmail
 from sender.targeting import RuleError, compile_rules
 
 
@@ -33,6 +34,26 @@ class CampaignPlan:
     from_email: str
     reply_to: str | None
     rate_per_sec: float | None
+
+    def compose(self, settings: Settings, contact: Contact, *, to: str, recipient_id: int | None,
+                subject_prefix: str = "") -> OutgoingEmail:
+        """The SendEmail request for one recipient: unsubscribe link and headers (RFC 8058),
+        rendered parts, tags for configuration-set events. Raises TemplateProblem."""
+        headers: tuple[tuple[str, str], ...] = ()
+        unsubscribe_url = ""
+        if settings.unsubscribe_url and settings.unsubscribe_secret:
+            token = unsubscribe_token(settings.unsubscribe_secret, self.id, recipient_id or 0)
+            unsubscribe_url = settings.unsubscribe_url.replace("{token}", token)
+            headers = (("List-Unsubscribe", f"<{unsubscribe_url}>"),
+                       ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        rendered = self.templates.render(contact, unsubscribe_url=unsubscribe_url)
+        return OutgoingEmail(
+            to=to, from_email=self.from_email, subject=subject_prefix + rendered.subject, html=rendered.html,
+            text=rendered.text, reply_to=self.reply_to, headers=headers,
+            tags=(("campaign_id", str(self.id)),
+                  ("recipient_id", "test" if recipient_id is None else str(recipient_id))),
+            configuration_set=settings.configuration_set,
+        )
 
 
 def build_plan(row: asyncpg.Record | dict[str, Any], settings: Settings) -> CampaignPlan:

@@ -26,7 +26,7 @@ from sender.db import QUERIES
 from sender.logs import get_logger
 from sender.metrics import Metrics
 from sender.ratelimit import AdaptiveShare, SlidingWindow, WindowRateLimiter
-from sender.render import Contact, TemplateProblem, unsubscribe_token
+from sender.render import Contact, TemplateProblem
 from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
 
 log = get_logger("sender.pipeline")
@@ -77,7 +77,6 @@ class Stats:
     retried: int = 0
     throttled: int = 0
     lost_ownership: int = 0
-    send_seconds: float = 0.0
 
 
 class ResultBuffer:
@@ -414,28 +413,14 @@ class CampaignRunner:
     # -- delivering -------------------------------------------------------------------------------
 
     def _build_email(self, row: Claimed) -> OutgoingEmail | Outcome:
-        s = self.ctx.settings
         try:
             to = normalise_address(row.email)
         except AddressError as exc:
             return Outcome(row.id, "failed", row.attempts, error_code="InvalidAddress", error=str(exc))
-        headers: list[tuple[str, str]] = []
-        unsubscribe_url = ""
-        if s.unsubscribe_url and s.unsubscribe_secret:
-            token = unsubscribe_token(s.unsubscribe_secret, self.plan.id, row.id)
-            unsubscribe_url = s.unsubscribe_url.replace("{token}", token)
-            headers = [("List-Unsubscribe", f"<{unsubscribe_url}>"),
-                       ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
         try:
-            rendered = self.plan.templates.render(row.contact, unsubscribe_url=unsubscribe_url)
+            return self.plan.compose(self.ctx.settings, row.contact, to=to, recipient_id=row.id)
         except TemplateProblem as exc:
             return Outcome(row.id, "failed", row.attempts, error_code="TemplateError", error=str(exc)[:500])
-        return OutgoingEmail(
-            to=to, from_email=self.plan.from_email, subject=rendered.subject, html=rendered.html,
-            text=rendered.text, reply_to=self.plan.reply_to, headers=tuple(headers),
-            tags=(("campaign_id", str(self.plan.id)), ("recipient_id", str(row.id))),
-            configuration_set=s.configuration_set,
-        )
 
     async def _deliver(self, row: Claimed) -> None:
         ctx = self.ctx
@@ -470,7 +455,6 @@ class CampaignRunner:
                 failure = classify(exc, from_email=email.from_email, default_from=ctx.settings.from_email)
             else:
                 elapsed = time.monotonic() - started
-                ctx.stats.send_seconds += elapsed
                 ctx.metrics.send_latency.observe(elapsed)
                 return Outcome(row.id, "sent", row.attempts + 1, message_id=message_id,
                                sent_at=datetime.now(UTC))

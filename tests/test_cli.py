@@ -109,3 +109,15 @@ def test_parser_rejects_unknown_commands() -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["campaign", "explode", "1"])
     assert isinstance(_parser().parse_args(["campaign", "status"]), argparse.Namespace)
+
+
+async def test_send_test_reports_a_contact_that_does_not_render(db: asyncpg.Connection, settings: Settings,
+                                                                fake_ses: FakeSES,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    await db.execute("INSERT INTO contacts (email, attributes) VALUES ('zero@example.org', '{\"n\": 0}')")
+    campaign = await add_campaign(db, await add_template(db, html="{{ 100 // attributes.n }}"), status="draft")
+    code, _ = await run(settings, "send-test", "--campaign", str(campaign), "--to", "zero@example.org")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"campaign {campaign} does not render for z***@example.org" in err and "ZeroDivisionError" in err
+    assert fake_ses.messages == []

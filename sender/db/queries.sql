@@ -139,10 +139,6 @@ SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.at
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
  ORDER BY c.id
 
--- next_due_at --
-SELECT min(next_attempt_at) FROM campaign_recipients
- WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NOT NULL
-
 -- write_back --
 -- One round trip for a batch of outcomes. Only rows this instance still holds change, and the
 -- campaign counters move by exactly the rows that did.
