@@ -6,64 +6,20 @@ import argparse
 import asyncio
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import asyncpg
 
-from sender.campaigns import CampaignProblem, load_plan, set_status
+from sender.campaigns import CampaignProblem, TransitionRefused, apply_action, load_plan
 from sender.config import ConfigError, Settings
 from sender.db import QUERIES, connect
 from sender.logs import mask_email
+from sender.progress import format_progress, progress_from
 from sender.render import Contact
 
-ACTIONS = {"send": "send", "pause": "paused", "resume": "resume", "cancel": "cancelled"}
-
-
-@dataclass
-class Progress:
-    id: int
-    name: str
-    status: str
-    total: int
-    sent: int
-    failed: int
-    skipped: int
-    in_flight: int
-    pending: int
-    rate: float
-    eta_seconds: float | None
-    error: str | None
-
-    @property
-    def done(self) -> int:
-        return self.sent + self.failed + self.skipped
-
-
-def progress_from(row: asyncpg.Record | dict[str, Any]) -> Progress:
-    """Counts, achieved rate (between first and last send) and ETA at that rate."""
-    first, last = row["first_sent_at"], row["last_sent_at"]
-    span = (last - first).total_seconds() if first and last else 0.0
-    rate = (row["sent_count"] - 1) / span if span > 0 else 0.0
-    done = row["sent_count"] + row["failed_count"] + row["skipped_count"]
-    pending = max(0, row["total_count"] - done - row["in_flight"])
-    eta = (pending + row["in_flight"]) / rate if rate > 0 and row["status"] == "sending" else None
-    return Progress(
-        id=row["id"], name=row["name"], status=row["status"], total=row["total_count"],
-        sent=row["sent_count"], failed=row["failed_count"], skipped=row["skipped_count"],
-        in_flight=row["in_flight"], pending=pending, rate=round(rate, 2),
-        eta_seconds=None if eta is None else round(eta, 1), error=row["error"],
-    )
-
-
-def format_progress(p: Progress, width: int = 30) -> str:
-    filled = int(width * p.done / p.total) if p.total else (width if p.status == "sent" else 0)
-    eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
-    line = (f"#{p.id} {p.name[:30]:<30} {p.status:<9} [{'#' * filled}{'-' * (width - filled)}] "
-            f"{p.done}/{p.total} sent={p.sent} failed={p.failed} skipped={p.skipped} "
-            f"in_flight={p.in_flight} {p.rate:.1f}/s{eta}")
-    return line + (f"\n    error: {p.error}" if p.error else "")
+RECENT_CAMPAIGNS = 20
 
 
 async def _open(settings: Settings) -> asyncpg.Connection:
@@ -81,13 +37,10 @@ async def campaign_command(settings: Settings, args: argparse.Namespace, out: Te
         if rate is not None and rate <= 0:
             print("sender: --rate must be a positive number", file=sys.stderr)
             return 2
-        new_status = await set_status(conn, args.id, ACTIONS[args.action], rate)
-        if new_status is None:
-            current = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", args.id)
-            if current is None:
-                print(f"sender: campaign {args.id} does not exist", file=sys.stderr)
-            else:
-                print(f"sender: campaign {args.id} is {current}: cannot {args.action} it", file=sys.stderr)
+        try:
+            new_status = await apply_action(conn, args.id, args.action, rate)
+        except TransitionRefused as exc:
+            print(f"sender: {exc}", file=sys.stderr)
             return 1
         out.write(f"campaign {args.id}: {new_status}\n")
         return 0
@@ -97,7 +50,7 @@ async def campaign_command(settings: Settings, args: argparse.Namespace, out: Te
 
 async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextIO) -> int:
     if args.id is None:
-        ids = [r["id"] for r in await conn.fetch("SELECT id FROM campaigns ORDER BY id DESC LIMIT 20")]
+        ids = [r["id"] for r in await conn.fetch(QUERIES["recent_campaign_ids"], RECENT_CAMPAIGNS)]
     else:
         ids = [args.id]
     while True:
@@ -122,6 +75,7 @@ async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextI
 async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Render the campaign for ADDRESS (with its contact data when it is a contact) and send it."""
     from sender.addresses import AddressError, normalise_address
+    from sender.message import compose
     from sender.render import TemplateProblem
     from sender.ses import classify, open_ses
 
@@ -137,13 +91,12 @@ async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = 
         except CampaignProblem as exc:
             print(f"sender: campaign {args.campaign}: {exc}", file=sys.stderr)
             return 1
-        row = await conn.fetchrow(
-            "SELECT first_name, last_name, country, attributes FROM contacts WHERE lower(email) = lower($1)", to)
+        row = await conn.fetchrow(QUERIES["contact_by_email"], to)
     finally:
         await conn.close()
     contact = Contact(email=to, **dict(row)) if row else Contact(email=to)
     try:
-        email = plan.compose(settings, contact, to=to, recipient_id=None, subject_prefix="[TEST] ")
+        email = compose(plan, settings, contact, to=to, recipient_id=None, subject_prefix="[TEST] ")
     except TemplateProblem as exc:
         print(f"sender: campaign {plan.id} does not render for {mask_email(to)}: {exc}", file=sys.stderr)
         return 1

@@ -42,9 +42,12 @@ class Settings:
     unsubscribe_secret: str | None = field(default=None, repr=False)
     claim_batch: int = 1000
     flush_size: int = 1000
-    flush_interval: float = 0.5
+    flush_interval: float = 0.1
     poll_interval: float = 1.0
     lease_seconds: float = 60.0
+    heartbeat_interval: float = 1.0
+    instance_timeout: float = 30.0
+    materialise_chunk: int = 10_000
     grace_seconds: float = 20.0
     rate_headroom: float = 0.01
     probe_interval: float = 5.0
@@ -53,6 +56,9 @@ class Settings:
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
+
+    def __post_init__(self) -> None:
+        check_timing(self)
 
     def __repr__(self) -> str:  # secrets never reach logs, even through repr()
         hidden = {"admin_token", "unsubscribe_secret", "database_url"}
@@ -174,6 +180,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         ("SENDER_PROBE_INTERVAL", "probe_interval", 0.1, False),
         ("SENDER_SEND_TIMEOUT", "send_timeout", 0.1, False),
         ("SENDER_TEMPLATE_MAX_BYTES", "template_max_bytes", 1, True),
+        ("SENDER_HEARTBEAT_INTERVAL", "heartbeat_interval", 0.05, False),
+        ("SENDER_INSTANCE_TIMEOUT", "instance_timeout", 0.5, False),
+        ("SENDER_MATERIALISE_CHUNK", "materialise_chunk", 1, True),
     ):
         value = _number(env, name, minimum=minimum, integer=integer)
         if value is not None:
@@ -189,3 +198,23 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     if instance := _optional(env, "SENDER_INSTANCE_ID"):
         changes["instance_id"] = instance
     return replace(s, **changes)
+
+
+def check_timing(s: Settings) -> None:
+    """Refuse timings under which a live instance could look dead, or a row outlive its lease.
+
+    A claimed row must be sent (or handed back) well within its lease, which no tick renews; an
+    instance's rows are taken over once its heartbeat is `instance_timeout` old, so that must leave
+    room for several heartbeats and a whole send.
+    """
+    if s.lease_seconds < max(3 * s.poll_interval, s.send_timeout + 1):
+        raise ConfigError(
+            f"SENDER_LEASE_SECONDS: must be at least 3 poll intervals and one send timeout plus 1 s "
+            f"(at least {max(3 * s.poll_interval, s.send_timeout + 1):g} with SENDER_POLL_INTERVAL="
+            f"{s.poll_interval:g} and SENDER_SEND_TIMEOUT={s.send_timeout:g}), got {s.lease_seconds:g}")
+    minimum = s.send_timeout + 3 * s.heartbeat_interval
+    if s.instance_timeout < minimum:
+        raise ConfigError(
+            f"SENDER_INSTANCE_TIMEOUT: must be at least one send timeout plus 3 heartbeats ({minimum:g} "
+            f"with SENDER_SEND_TIMEOUT={s.send_timeout:g} and SENDER_HEARTBEAT_INTERVAL="
+            f"{s.heartbeat_interval:g}), got {s.instance_timeout:g}")

@@ -1,9 +1,10 @@
-"""One daemon instance: the housekeeping tick, campaign runners, the account gate and shutdown.
+"""One daemon instance: wires the parts together, supervises its tasks, and shuts down cleanly.
 
-The tick (every SENDER_POLL_INTERVAL, or at once on NOTIFY) heartbeats, takes the instance's
-share of the account rate, starts queued campaigns, starts and stops runners as campaigns change
-status, completes finished campaigns, skips cancelled ones and recovers rows that dead instances
-left leased. Any database error in it is logged and retried on the next tick.
+Long-lived tasks (heartbeat, tick, materialiser, write-back, account probe, systemd watchdog) run
+under a Supervisor: one that dies is logged and restarted, /healthz says 503 meanwhile, and one
+that keeps dying stops the daemon with a non-zero exit. Shutdown stops claiming, drains every
+delivery of every campaign (paused ones included), writes every result, and only then hands
+back what it still holds.
 """
 
 from __future__ import annotations
@@ -17,24 +18,25 @@ from typing import Any
 
 import asyncpg
 
-from sender.campaigns import CampaignProblem, load_plan, start_next_queued
+from sender.account import Account, AccountGate
+from sender.backoff import Backoff
+from sender.campaigns import CampaignPlan
 from sender.config import ConfigError, Settings
-from sender.db import QUERIES, connect, create_pool
+from sender.db import DB_ERRORS, QUERIES, create_pool, db_error_text
 from sender.db.migrate import available_migrations
+from sender.delivery import SendContext
+from sender.heartbeat import Heartbeat
 from sender.http import OpsServer
+from sender.listener import CampaignListener
 from sender.logs import get_logger
 from sender.metrics import Metrics
-from sender.pipeline import (
-    DB_ERRORS,
-    AccountGate,
-    CampaignRunner,
-    ResultBuffer,
-    SendContext,
-    Stats,
-)
-from sender.ratelimit import AdaptiveShare, SlidingWindow, WindowRateLimiter
-from sender.ses import AccountInfo, ErrorKind, RetryPolicy, SendFailure, SesClient, classify, open_ses
+from sender.ratelimit import AccountRate, Pacer, SlidingWindow
+from sender.runner import CampaignRunner
+from sender.ses import RetryPolicy, SendFailure, SesClient, open_ses
+from sender.supervisor import Supervisor
 from sender.systemd import SystemdNotifier
+from sender.tick import Materialiser, Tick
+from sender.writeback import ResultBuffer
 
 log = get_logger("sender.daemon")
 
@@ -61,155 +63,176 @@ class Daemon:
         self.settings = settings
         self._tune_gc = tune_gc
         self._ses = ses
-        self.stats = Stats()
         self.metrics = Metrics()
         self.notifier = SystemdNotifier()
         self.ops = OpsServer(self)
-        self._tick_task: asyncio.Task[None] | None = None
-        self._last_progress_log = 0.0
-        self.gate = AccountGate()
+        self.rate = AccountRate(settings.max_rate or 1.0)
+        self.account = Account(settings, self.rate, on_stop=self._release_all_queued, on_change=self.wake_tick)
+        self.heartbeat = Heartbeat(settings, self.metrics, on_live=self._set_instances)
         self.runners: dict[int, CampaignRunner] = {}
-        self.account: AccountInfo | None = None
-        self.cap = settings.max_rate or 1.0
-        self.instances = 1
+        self.failed_campaigns: dict[int, SendFailure] = {}
         self.ready = asyncio.Event()
         self.last_tick = 0.0
         self.db_ok = False
+        self.tick = Tick(self)
+        self.materialiser = Materialiser(self)
         self._wake = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
         self._ctx: SendContext | None = None
-        self._tick_count = 0
-        self._pending_hold: SendFailure | None = None
-        self._failed_campaigns: dict[int, SendFailure] = {}
+        self._stop = asyncio.Event()
+        self.supervisor = Supervisor(self.metrics, self._stop)
+        self.listener = CampaignListener(settings, self.wake_tick)
+        self.exit_code = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+    async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> int:
+        """Run until `stop` is set; 0 after a clean shutdown, 1 when results could not be written
+        or a task kept crashing."""
         s = self.settings
         s.require_for_run()
-        assert s.database_url
-        self._pool = await self._connect_pool(stop)
-        if self._pool is None:
-            return
+        stopper = asyncio.create_task(self._forward_stop(stop))
         try:
+            self._pool = await self._connect_pool()
+            if self._pool is None:
+                return self.exit_code
             if self._ses is not None:
-                await self._serve(self._ses, stop, force)
+                await self._serve(self._ses, force)
             else:
                 async with open_ses(s, pool_size=s.concurrency or 256) as ses:
-                    await self._serve(ses, stop, force)
+                    await self._serve(ses, force)
         finally:
+            stopper.cancel()
             await self._close_db()
+        return self.exit_code
 
-    async def _connect_pool(self, stop: asyncio.Event) -> asyncpg.Pool | None:
-        backoff = 0.5
+    async def _forward_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stop.set()
+
+    async def _connect_pool(self) -> asyncpg.Pool | None:
+        backoff = Backoff(initial=0.2, cap=2.0)
         assert self.settings.database_url
-        while not stop.is_set():
+        while not self._stop.is_set():
             try:
                 pool = await create_pool(self.settings.database_url, min_size=1, max_size=10)
                 self.db_ok = True
                 return pool
             except DB_ERRORS as exc:
-                log.warning("database_unreachable", error=type(exc).__name__, retry_in=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
+                log.warning("database_unreachable", error=db_error_text(exc), retry_in=backoff.current or 0.2)
+                await backoff.wait(self._stop)
         return None
 
-    async def _serve(self, ses: SesClient, stop: asyncio.Event, force: asyncio.Event | None) -> None:
+    async def _serve(self, ses: SesClient, force: asyncio.Event | None) -> None:
         s = self.settings
-        assert self._pool is not None
         await self._check_schema()
-        await self._refresh_account(ses, first=True)
-        share = AdaptiveShare(self.cap)
-        concurrency = s.concurrency or default_concurrency(self.cap)
-        buffer = ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
-                              stats=self.stats, on_flush=self._flushed)
-        self._ctx = SendContext(
-            settings=s, pool=self._pool, ses=ses, buffer=buffer, gate=self.gate, share=share,
-            account_limiter=WindowRateLimiter(share.rate, headroom=s.rate_headroom, window=False),
-            account_window=SlidingWindow(share.rate),
-            inflight=asyncio.Semaphore(concurrency),
-            retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
-                              cap_seconds=s.retry_max_seconds),
-            stats=self.stats, on_account_error=self._account_error,
-            on_campaign_error=self._campaign_error, metrics=self.metrics,
-        )
+        await self.account.refresh(ses, first=True)
+        self._ctx = self._context(ses)
         ses.gate_wire(self._ctx.account_window.acquire)
         try:
             port = await self.ops.start()
         except OSError as exc:
             raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
                               f"({exc.strerror or exc})") from None
+        with contextlib.suppress(*DB_ERRORS):
+            await self.heartbeat.beat()  # live count and a fresh heartbeat before the first claim
         if self._tune_gc:  # after start-up, so the SES model and pool are frozen too
             tune_gc_for_throughput()
-        log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
-                 http=f"{s.http_host}:{port}",
-                 sandbox=bool(self.account and not self.account.production))
-        self._tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
-        background = [
-            asyncio.create_task(buffer.run(), name="write-back"),
-            self._tick_task,
-            asyncio.create_task(self._probe_loop(ses, stop), name="probe"),
-            asyncio.create_task(self._systemd_loop(stop), name="systemd"),
-        ]
+        log.info("daemon_started", instance=s.instance_id, account_cap=self.rate.cap,
+                 concurrency=self._ctx.concurrency, http=f"{s.http_host}:{port}", sandbox=self.rate.sandbox)
+        self._start_tasks(ses)
         try:
-            await stop.wait()
+            await self._stop.wait()
         finally:
-            log.info("shutdown_started", in_flight=self.in_flight())
+            log.info("shutdown_started", in_flight=self._ctx.in_flight())
             self.notifier.notify("STOPPING=1", "STATUS=draining in-flight sends")
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown(force)
             await self.ops.stop()
 
+    def _context(self, ses: SesClient) -> SendContext:
+        s = self.settings
+        assert self._pool is not None
+        concurrency = s.concurrency or default_concurrency(self.rate.cap)
+        return SendContext(
+            settings=s, pool=self._pool, ses=ses,
+            buffer=ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
+                                metrics=self.metrics),
+            account=self.account, rate=self.rate, account_pacer=Pacer(self.rate.share, headroom=s.rate_headroom),
+            account_window=SlidingWindow(self.rate.share), concurrency=concurrency,
+            inflight=asyncio.Semaphore(concurrency),
+            retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
+                              cap_seconds=s.retry_max_seconds),
+            metrics=self.metrics, heartbeat=self.heartbeat, on_campaign_error=self._campaign_error,
+        )
+
+    def _start_tasks(self, ses: SesClient) -> None:
+        sup, stop, ctx, pool = self.supervisor, self._stop, self.ctx, self.pool
+        sup.start("heartbeat", lambda: self.heartbeat.run(stop))
+        sup.start("write-back", ctx.buffer.run)
+        sup.start("tick", self._tick_loop)
+        sup.start("materialiser", lambda: self.materialiser.run(stop))
+        sup.start("listener", lambda: self.listener.run(stop))
+        sup.start("probe", lambda: self.account.probe_loop(ses, pool, stop))
+        sup.start("systemd", self._systemd_loop)
+
     async def _shutdown(self, force: asyncio.Event | None) -> None:
-        """Stop claiming, let in-flight sends finish within the grace period, flush, hand back."""
-        ctx = self._ctx
-        assert ctx is not None and self._pool is not None
-        await asyncio.gather(*(runner.stop("shutdown") for runner in self.runners.values()))
-        tasks = {t for runner in self.runners.values() for t in runner.inflight}
-        if tasks:
-            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
-            if force is not None:
-                waiters.add(asyncio.ensure_future(force.wait()))
-            await asyncio.wait(waiters, timeout=self.settings.grace_seconds, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        flushed = await ctx.buffer.flush(give_up_after=10.0)
+        """Stop claiming, let every in-flight send finish within the grace period, flush, hand back."""
+        ctx, pool = self.ctx, self.pool
+        for cid in list(self.runners):
+            await self.stop_runner(cid, "shutdown")
+        await self._drain_deliveries(force)
+        flushed = await ctx.buffer.flush(give_up_after=max(10.0, self.settings.grace_seconds))
         if not flushed:
+            self.exit_code = 1
             log.error("shutdown_results_unwritten", rows=len(ctx.buffer),
-                      note="rows stay leased; another instance recovers them after the lease")
+                      note="the database did not answer within the stop timeout; these rows stay claimed and are "
+                           "recovered after the instance timeout (sent ones may be sent again)")
+        else:
+            await self._hand_back(pool)
+        await self.supervisor.close()
+        await self.heartbeat.close()
+        if self.supervisor.fatal:
+            self.exit_code = 1
+        log.info("shutdown_complete", flushed=flushed, sent=self.metrics.total("sent"),
+                 failed=self.metrics.total("failed"), exit_code=self.exit_code)
+
+    async def _drain_deliveries(self, force: asyncio.Event | None) -> None:
+        tasks = set(self.ctx.deliveries)
+        if not tasks:
             return
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
+        if force is not None:
+            waiters.add(asyncio.ensure_future(force.wait()))
+        await asyncio.wait(waiters, timeout=self.settings.grace_seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _hand_back(self, pool: asyncpg.Pool) -> None:
         try:
-            async with self._pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 released = await conn.fetch(QUERIES["release_held"], self.settings.instance_id, timeout=10)
                 await conn.execute(QUERIES["instance_forget"], self.settings.instance_id, timeout=10)
             if released:
                 log.info("released_held_rows", rows=len(released))
         except DB_ERRORS as exc:
-            log.error("shutdown_release_failed", error=type(exc).__name__,
-                      note="rows stay leased and are recovered after the lease expires")
-        log.info("shutdown_complete", flushed=flushed, sent=self.stats.sent, failed=self.stats.failed)
+            log.error("shutdown_release_failed", error=db_error_text(exc),
+                      note="rows stay claimed and are recovered after the instance timeout")
 
     async def _close_db(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close(timeout=2)
+        await self.listener.close()
+        await self.heartbeat.close()
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)
 
     async def _check_schema(self) -> None:
         """Refuse to run against a database that `sender migrate` has not brought up to date."""
-        assert self._pool is not None
         wanted = [version for version, _ in available_migrations()]
         try:
-            applied = {r["version"] for r in await self._pool.fetch(QUERIES["migrations_applied"])}
+            applied = {r["version"] for r in await self.pool.fetch(QUERIES["migrations_applied"])}
         except asyncpg.UndefinedTableError:
             applied = set()
         missing = [v for v in wanted if v not in applied]
@@ -217,263 +240,124 @@ class Daemon:
             raise ConfigError(f"DATABASE_URL: the schema is not up to date (missing {', '.join(missing)}): "
                               "run `sender migrate`")
 
-    def in_flight(self) -> int:
-        return sum(len(r.inflight) for r in self.runners.values())
+    # -- state the tick, the runners and the ops endpoints share ----------------------------------
 
     @property
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None
         return self._pool
 
-    def tick_running(self) -> bool:
-        return self._tick_task is not None and not self._tick_task.done()
+    @property
+    def ctx(self) -> SendContext:
+        assert self._ctx is not None
+        return self._ctx
+
+    def wake_tick(self) -> None:
+        self._wake.set()
+
+    def in_flight(self) -> int:
+        return self._ctx.in_flight() if self._ctx is not None else 0
 
     def current_rate(self) -> float:
-        return self._ctx.share.rate if self._ctx is not None else 0.0
+        return self.rate.share
+
+    @property
+    def gate(self) -> AccountGate:
+        return self.account.gate
+
+    def live_instances(self) -> int:
+        return self.rate.instances
+
+    def stale_tick_limit(self) -> float:
+        """How old the last good tick may be before the instance is unhealthy."""
+        return max(15.0, self.settings.poll_interval * 10)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the tick loop answered recently and every supervised task is running."""
+        age = time.monotonic() - self.last_tick if self.last_tick else None
+        alive = age is not None and age < self.stale_tick_limit() and self.supervisor.healthy
+        return alive, {"status": "ok" if alive else "stalled",
+                       "last_tick_seconds_ago": None if age is None else round(age, 2),
+                       "tasks_down": sorted(self.supervisor.down), "fatal": self.supervisor.fatal}
 
     def refresh_gauges(self) -> None:
         m = self.metrics
         m.in_flight.set(self.in_flight())
         m.rate_limit.set(self.current_rate())
-        m.sending_stopped.set(0 if self.gate.is_open else 1)
-        m.instances.set(self.instances)
+        m.sending_stopped.set(0 if self.account.gate.is_open else 1)
+        m.instances.set(self.rate.instances)
+        m.heartbeat_age.set(max(0.0, min(self.heartbeat.age(), 1e9)))
 
-    def _flushed(self, rows: int, seconds: float) -> None:
-        self.metrics.write_back_rows.inc(rows)
-        self.metrics.write_back_latency.observe(seconds)
+    def held_ids(self) -> set[int]:
+        """Every row this instance holds in memory: queued, in flight, or with its result unwritten."""
+        held = {row_id for runner in self.runners.values() for row_id in runner.held()}
+        held.update(self.ctx.deliveries.values())
+        held.update(self.ctx.buffer.ids())
+        return held
 
-    async def _systemd_loop(self, stop: asyncio.Event) -> None:
-        """READY=1 after the first good tick; WATCHDOG=1 only while the tick loop is healthy."""
-        if not self.notifier.enabled:
-            return
-        await self.ready.wait()
-        self.notifier.notify("READY=1", f"STATUS=sending; cap {self.cap:g}/s")
-        interval = self.notifier.watchdog_interval
-        while interval and not stop.is_set():
-            if self.tick_running() and time.monotonic() - self.last_tick < max(15.0, self.settings.poll_interval * 10):
-                self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+    def start_runner(self, plan: CampaignPlan, rate: float) -> None:
+        runner = CampaignRunner(plan, self.ctx, rate, self.held_ids)
+        self.runners[plan.id] = runner
+        runner.start()
+        log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.limit.rate, 3))
 
-    # -- account state ----------------------------------------------------------------------------
+    async def stop_runner(self, campaign_id: int, mode: str) -> None:
+        runner = self.runners.pop(campaign_id, None)
+        if runner is not None:
+            await runner.stop(mode)
+        self.metrics.forget_campaign(campaign_id)
 
-    async def _refresh_account(self, ses: SesClient, *, first: bool = False) -> bool:
-        """Read GetAccount: cap, sandbox and daily quota. False when SES refuses us."""
-        try:
-            account = await ses.account()
-        except Exception as exc:
-            failure = classify(exc, from_email=self.settings.from_email or "", default_from=None)
-            if failure.code in ("NotFoundException", "UnknownOperationException"):
-                # an SES-compatible endpoint without GetAccount (moto, some proxies)
-                if self.settings.max_rate is not None:
-                    if first:
-                        log.warning("get_account_unsupported", using="SENDER_MAX_RATE", cap=self.cap)
-                    return True
-                failure = SendFailure(ErrorKind.ACCOUNT, "GetAccountUnavailable",
-                                      "the SES endpoint does not answer GetAccount: set SENDER_MAX_RATE")
-            if first:
-                log.warning("get_account_failed", code=failure.code, kind=str(failure.kind))
-            if failure.kind is ErrorKind.ACCOUNT:
-                self._account_error(failure)
-            return False
-        self.account = account
-        if self.settings.max_rate is None:
-            self.cap = account.max_send_rate
+    def _set_instances(self, live: int) -> None:
+        if live != self.rate.instances:
+            self.rate.instances = live
             if self._ctx is not None:
-                self._ctx.share.cap = self.cap
-        remaining = account.remaining_24h
-        if not account.sending_enabled:
-            self._account_error(SendFailure(ErrorKind.ACCOUNT, "SendingPaused",
-                                            f"SES reports sending disabled ({account.enforcement})"))
-            return False
-        if remaining is not None and remaining <= 0:
-            self._account_error(SendFailure(ErrorKind.DAILY_QUOTA, "DailyQuotaExhausted",
-                                            "the 24-hour sending quota is used up"))
-            return False
-        return True
+                self._ctx.apply_rate()
+            self.wake_tick()
 
-    def _account_error(self, failure: SendFailure) -> None:
-        if self.gate.close(failure.code, failure.message, failure.kind):
-            log.error("sending_stopped", code=failure.code, reason=failure.message, kind=str(failure.kind))
-            self._pending_hold = failure
-            for runner in self.runners.values():
-                runner.release_queued()
-            self._wake.set()
+    def _release_all_queued(self) -> None:
+        for runner in self.runners.values():
+            runner.release_queued()
 
     def _campaign_error(self, campaign_id: int, failure: SendFailure) -> None:
-        if campaign_id not in self._failed_campaigns:
-            log.error("campaign_cannot_send", campaign_id=campaign_id, code=failure.code, reason=failure.message)
-            self._failed_campaigns[campaign_id] = failure
-            self._wake.set()
+        """This campaign cannot send (its own From is not verified): stop its runner now, fail it next tick."""
+        if campaign_id in self.failed_campaigns:
+            return
+        log.error("campaign_cannot_send", campaign_id=campaign_id, code=failure.code, reason=failure.message)
+        self.failed_campaigns[campaign_id] = failure
+        runner = self.runners.get(campaign_id)
+        if runner is not None:
+            runner.stopping = "failed"
+            runner.release_queued()
+        self.wake_tick()
 
-    async def _probe_loop(self, ses: SesClient, stop: asyncio.Event) -> None:
-        """While sending is stopped, probe GetAccount; refresh quotas once a minute otherwise."""
-        last_refresh = time.monotonic()
-        while not stop.is_set():
-            interval = self.settings.probe_interval if not self.gate.is_open else 1.0
-            await asyncio.sleep(interval)
-            if not self.gate.is_open:
-                if await self._refresh_account(ses):
-                    await self._reopen("probe")
-            elif time.monotonic() - last_refresh > 60:
-                last_refresh = time.monotonic()
-                await self._refresh_account(ses)
+    # -- loops ------------------------------------------------------------------------------------
 
-    async def _reopen(self, why: str) -> None:
-        was = self.gate.code
-        self.gate.open()
-        self._pending_hold = None
-        log.info("sending_resumed", previous=was, by=why)
-        assert self._pool is not None
-        with contextlib.suppress(*DB_ERRORS):
-            await self._pool.execute(QUERIES["account_hold_clear"], timeout=5)
-        self._wake.set()
-
-    # -- the tick -----------------------------------------------------------------------------------
-
-    async def _tick_loop(self, stop: asyncio.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
+    async def _tick_loop(self) -> None:
+        backoff = Backoff(initial=0.1, cap=1.0)
+        while not self._stop.is_set():
             try:
-                await self.tick()
+                await self.tick.run()
                 self.db_ok = True
                 self.ready.set()
-                backoff = 0.5
+                backoff.reset()
                 wait = self.settings.poll_interval
             except DB_ERRORS as exc:
                 self.db_ok = False
-                log.warning("tick_failed", error=type(exc).__name__, retry_in=backoff)
-                wait = backoff
-                backoff = min(backoff * 2, 10.0)
+                wait = backoff.next()
+                log.warning("tick_failed", error=db_error_text(exc), retry_in=wait)
             self.last_tick = time.monotonic()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def tick(self) -> None:
-        s, ctx, pool = self.settings, self._ctx, self._pool
-        assert ctx is not None and pool is not None
-        self._tick_count += 1
-        await self._ensure_listener()
-        overview_args = (s.instance_id, s.lease_seconds, max(3.0, s.poll_interval * 5))
-        overview = await pool.fetchrow(QUERIES["tick_overview"], *overview_args, timeout=10)
-        self.instances = int(overview["live"])
-        ctx.share.instances = self.instances
-        ctx.share.recover()
-        ctx.apply_share()
-        await self._sync_account_hold(pool, overview)
-        if overview["queued_due"] and await self._start_queued(pool):
-            overview = await pool.fetchrow(QUERIES["tick_overview"], *overview_args, timeout=10)
-        await self._fail_campaigns(pool)
-        sending: list[dict[str, Any]] = overview["sending"]
-        await self._sync_runners(pool, sending)
-        # counters move in the same statements as recipient rows, so they say when to look;
-        # every 30th tick looks anyway (recipients the main app added after materialising)
-        if any(c["sent"] + c["failed"] + c["skipped"] >= c["total"] for c in sending) or self._tick_count % 30 == 0:
-            for row in await pool.fetch(QUERIES["complete_campaigns"], self._tick_count % 30 == 0, timeout=30):
-                log.info("campaign_sent", campaign_id=row["id"], sent=row["sent_count"],
-                         failed=row["failed_count"], skipped=row["skipped_count"])
-        if overview["cancelling"]:
-            for row in await pool.fetch(QUERIES["skip_cancelled"], timeout=30):
-                log.info("campaign_cancel_finished", campaign_id=row["id"])
-        if self._tick_count % 5 == 0:
-            await self._recover_expired(pool)
-
-    async def _start_queued(self, pool: asyncpg.Pool) -> bool:
-        """Start up to five due campaigns; True when any was taken (started or failed)."""
-        taken = False
-        for _ in range(5):
-            started = await start_next_queued(pool, self.settings)
-            if started is None:
-                break
-            taken = True
-            if started.started:
-                log.info("campaign_started", campaign_id=started.campaign_id, recipients=started.total)
-            else:
-                log.error("campaign_failed", campaign_id=started.campaign_id, error=started.error)
-        return taken
-
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
+    async def _systemd_loop(self) -> None:
+        """READY=1 after the first good tick; WATCHDOG=1 only while healthy."""
+        if not self.notifier.enabled:
             return
-        assert self.settings.database_url
-        self._listener = await connect(self.settings.database_url, timeout=10)
-        await self._listener.add_listener("sender_campaigns", lambda *_: self._wake.set())
-
-    async def _sync_account_hold(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
-        """Share account-wide stops between instances through the sender_account_hold row."""
-        if self._pending_hold is not None:
-            hold = self._pending_hold
-            await pool.execute(QUERIES["account_hold_set"], hold.message, hold.code, self.settings.instance_id)
-            self._pending_hold = None
-            return
-        if row["hold_reason"] is not None and self.gate.is_open:
-            if self.gate.close(row["hold_code"], row["hold_reason"], remote=True):
-                log.error("sending_stopped", code=row["hold_code"], reason=row["hold_reason"], by=row["hold_set_by"])
-                for runner in self.runners.values():
-                    runner.release_queued()
-        elif row["hold_reason"] is None and not self.gate.is_open and self.gate.remote:
-            await self._reopen("another instance")
-
-    async def _fail_campaigns(self, pool: asyncpg.Pool) -> None:
-        while self._failed_campaigns:
-            campaign_id, failure = next(iter(self._failed_campaigns.items()))
-            await pool.execute(QUERIES["campaign_fail"], campaign_id, f"{failure.code}: {failure.message}")
-            del self._failed_campaigns[campaign_id]
-
-    def campaign_rate(self, rate_per_sec: float | None) -> float:
-        sandbox = self.account is not None and not self.account.production
-        wanted = rate_per_sec if rate_per_sec else (1.0 if sandbox else self.cap)
-        return min(wanted, self.cap) / max(1, self.instances)
-
-    async def _sync_runners(self, pool: asyncpg.Pool, rows: list[dict[str, Any]]) -> None:
-        assert self._ctx is not None
-        sending = {r["id"]: r["rate_per_sec"] for r in rows}
-        self._report_progress(rows)
-        gone = [cid for cid in self.runners if cid not in sending]
-        if gone:
-            statuses = {r["id"]: r["status"] for r in await pool.fetch(QUERIES["campaign_statuses"], gone)}
-            for cid in gone:
-                status = statuses.get(cid, "deleted")
-                runner = self.runners.pop(cid)
-                await runner.stop("cancel" if status == "cancelled" else "pause")
-                log.info("campaign_runner_stopped", campaign_id=cid, status=status)
-        retries_due = {r["id"] for r in rows if r["retries_due"]}
-        for cid, rate in sending.items():
-            existing = self.runners.get(cid)
-            if existing is not None:
-                existing.set_rate(self.campaign_rate(rate))
-                if cid in retries_due:
-                    existing.retries_due()
-                continue
-            try:
-                plan = await load_plan(pool, cid, self.settings)
-            except CampaignProblem as exc:
-                await pool.execute(QUERIES["campaign_fail"], cid, str(exc))
-                log.error("campaign_failed", campaign_id=cid, error=str(exc))
-                continue
-            runner = CampaignRunner(plan, self._ctx, self.campaign_rate(rate))
-            self.runners[cid] = runner
-            runner.start()
-            log.info("campaign_runner_started", campaign_id=cid, rate=round(runner.limiter.rate, 2))
-
-    def _report_progress(self, rows: list[dict[str, Any]]) -> None:
-        """Backlog gauges every tick; a progress log line per sending campaign every 10 s."""
-        self.metrics.backlog.clear()
-        now = time.monotonic()
-        log_now = now - self._last_progress_log >= 10.0
-        for r in rows:
-            done = r["sent"] + r["failed"] + r["skipped"]
-            self.metrics.backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total"] - done))
-            if log_now:
-                log.info("campaign_progress", campaign_id=r["id"], total=r["total"], sent=r["sent"],
-                         failed=r["failed"], skipped=r["skipped"])
-        if log_now and rows:
-            self._last_progress_log = now
-
-    async def _recover_expired(self, pool: asyncpg.Pool) -> None:
-        if self.settings.crash_policy == "fail":
-            recovered = int(await pool.fetchval(QUERIES["recover_expired_fail"], timeout=30))
-        else:
-            recovered = len(await pool.fetch(QUERIES["recover_expired_retry"], timeout=30))
-        if recovered:
-            log.warning("recovered_expired_leases", rows=recovered, policy=self.settings.crash_policy)
+        await self.ready.wait()
+        self.notifier.notify("READY=1", f"STATUS=sending; cap {self.rate.cap:g}/s")
+        interval = self.notifier.watchdog_interval
+        while interval and not self._stop.is_set():
+            if self.health()[0]:
+                self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)

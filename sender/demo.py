@@ -18,6 +18,7 @@ from sender.daemon import Daemon
 from sender.db import QUERIES, connect
 from sender.db.migrate import migrate
 from sender.fakeses import Account, FakeSES
+from sender.progress import achieved_rate, bar
 
 FIRST_NAMES = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Alan", "Radia"]
 COUNTRIES = ["US", "CA", "GB", "DE", "FR", "JP", "BR", "IN"]
@@ -66,11 +67,6 @@ async def seed(conn: Any, recipients: int) -> int:
     ))
 
 
-def _bar(done: int, total: int, width: int = 30) -> str:
-    filled = int(width * done / total) if total else width
-    return "#" * filled + "-" * (width - filled)
-
-
 async def _progress(conn: Any, campaign_id: int, out: TextIO, started: float, done: asyncio.Event) -> None:
     tty = out.isatty()
     while not done.is_set():
@@ -78,7 +74,7 @@ async def _progress(conn: Any, campaign_id: int, out: TextIO, started: float, do
         finished = row["sent_count"] + row["failed_count"] + row["skipped_count"]
         elapsed = time.monotonic() - started
         rate = row["sent_count"] / elapsed if elapsed > 0 else 0.0
-        line = (f"[{_bar(finished, row['total_count'])}] {finished}/{row['total_count']} "
+        line = (f"[{bar(finished, row['total_count'])}] {finished}/{row['total_count']} "
                 f"sent={row['sent_count']} failed={row['failed_count']} {rate:6.1f} msg/s "
                 f"status={row['status']}")
         out.write(("\r" + line) if tty else line + "\n")
@@ -128,8 +124,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
         await progress
         row = await conn.fetchrow(QUERIES["campaign_summary"], campaign_id)
         first, last = row["first_sent_at"], row["last_sent_at"]
-        span = (last - first).total_seconds() if first and last else 0.0
-        achieved = (row["sent_count"] - 1) / span if span > 0 else 0.0
+        achieved = achieved_rate(row["sent_count"], (last - first).total_seconds() if first and last else 0.0)
         return DemoResult(
             campaign_id=campaign_id, status=row["status"], sent=row["sent_count"],
             failed=row["failed_count"], skipped=row["skipped_count"], duration=duration,

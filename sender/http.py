@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sender.admin_cli import progress_from
-from sender.campaigns import set_status
-from sender.db import QUERIES
-from sender.pipeline import DB_ERRORS
+from sender.account import AccountGate
+from sender.campaigns import ACTIONS, TransitionRefused, apply_action
+from sender.config import Settings
+from sender.db import DB_ERRORS, QUERIES
+from sender.metrics import Metrics
+from sender.progress import progress_from
 
-if TYPE_CHECKING:
-    from sender.daemon import Daemon
 
-ACTIONS = {"send": "send", "pause": "paused", "resume": "resume", "cancel": "cancelled"}
+class DaemonView(Protocol):
+    """What the ops endpoints read of a running daemon, and nothing more."""
+
+    settings: Settings
+    metrics: Metrics
+    db_ok: bool
+
+    @property
+    def pool(self) -> asyncpg.Pool: ...
+
+    @property
+    def gate(self) -> AccountGate: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def current_rate(self) -> float: ...
+
+    def live_instances(self) -> int: ...
+
+    def refresh_gauges(self) -> None: ...
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -26,7 +45,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 class OpsServer:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -59,12 +78,9 @@ class OpsServer:
     # -- health -------------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """The event loop answers (we are here) and the database loop has ticked recently."""
-        age = time.monotonic() - self.daemon.last_tick if self.daemon.last_tick else None
-        limit = max(15.0, self.daemon.settings.poll_interval * 10)
-        alive = age is not None and age < limit and self.daemon.tick_running()
-        body = {"status": "ok" if alive else "stalled",
-                "last_tick_seconds_ago": None if age is None else round(age, 2)}
+        """The event loop answers (we are here), the database loop has ticked recently, and every
+        supervised task is running."""
+        alive, body = self.daemon.health()
         return web.json_response(body, status=200 if alive else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -77,7 +93,7 @@ class OpsServer:
                             "reason": gate.reason, "since": gate.since})
         if reasons:
             return web.json_response({"ready": False, "reasons": reasons}, status=503)
-        return web.json_response({"ready": True, "instances": self.daemon.instances,
+        return web.json_response({"ready": True, "instances": self.daemon.live_instances(),
                                   "rate_limit": round(self.daemon.current_rate(), 3)})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -118,8 +134,7 @@ class OpsServer:
         try:
             row = await pool.fetchrow(QUERIES["campaign_summary"], cid, timeout=10)
             by_status = {r["status"]: r["n"] for r in await pool.fetch(
-                "SELECT status, count(*) AS n FROM campaign_recipients WHERE campaign_id = $1 GROUP BY status",
-                cid, timeout=10)} if row else {}
+                QUERIES["campaign_recipients_by_status"], cid, timeout=10)} if row else {}
         except DB_ERRORS:
             return _error(503, "database unreachable")
         if row is None:
@@ -145,14 +160,12 @@ class OpsServer:
                 return _error(400, "rate_per_sec must be a number")
             if not (0 < rate < 1e6):
                 return _error(400, "rate_per_sec must be a positive number")
-        pool = self.daemon.pool
         try:
-            status = await set_status(pool, cid, ACTIONS[action], rate)
-            current = None if status else await pool.fetchval("SELECT status FROM campaigns WHERE id = $1", cid)
+            status = await apply_action(self.daemon.pool, cid, action, rate)
+        except TransitionRefused as exc:
+            if exc.current is None:
+                return _error(404, str(exc))
+            return _error(409, str(exc), current_status=exc.current)
         except DB_ERRORS:
             return _error(503, "database unreachable")
-        if status is None and current is None:
-            return _error(404, f"campaign {cid} does not exist")
-        if status is None:
-            return _error(409, f"campaign {cid} is {current}: cannot {action} it", current_status=current)
         return web.json_response({"id": cid, "status": status})

@@ -1,4 +1,9 @@
-"""Prometheus metrics, one registry per daemon. Labels carry campaign ids, never addresses."""
+"""Prometheus metrics, one registry per daemon: the one place outcomes and events are counted.
+
+Labels carry campaign ids, never addresses. Per-campaign series exist only while a campaign is
+sending on this instance (they are removed when it stops), so their number stays bounded by the
+campaigns sending at once; the aggregates are always there.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OUTCOMES = ("sent", "failed", "skipped")
 
 
 class Metrics:
@@ -16,15 +22,22 @@ class Metrics:
         r = self.registry
         self.messages = Counter("sender_messages", "Recipients finished, by campaign and outcome",
                                 ["campaign_id", "outcome"], registry=r)
+        self.outcomes = Counter("sender_outcomes", "Recipients finished on this instance, by outcome",
+                                ["outcome"], registry=r)
         self.throttled = Counter("sender_throttled", "Throttling responses from SES (retried, never failed)",
                                  registry=r)
         self.retries = Counter("sender_retries", "Transient failures scheduled for another attempt", registry=r)
         self.released = Counter("sender_released", "Claimed rows handed back to pending unsent", registry=r)
+        self.lost_ownership = Counter("sender_lost_ownership",
+                                      "Results not written because another instance had taken the row over",
+                                      registry=r)
         self.send_latency = Histogram("sender_send_latency_seconds", "SES SendEmail latency",
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.write_back_latency = Histogram("sender_write_back_latency_seconds", "Batched write-back latency",
                                             buckets=LATENCY_BUCKETS, registry=r)
         self.write_back_rows = Counter("sender_write_back_rows", "Outcomes written back", registry=r)
+        self.unwritten = Gauge("sender_results_unwritten", "Results held in memory, not yet written back",
+                               registry=r)
         self.rate_limit = Gauge("sender_rate_limit_per_second", "This instance's current account rate limit",
                                 registry=r)
         self.in_flight = Gauge("sender_in_flight", "SES calls in flight on this instance", registry=r)
@@ -34,13 +47,35 @@ class Metrics:
                                      registry=r)
         self.instances = Gauge("sender_live_instances", "Live daemon instances sharing the account rate",
                                registry=r)
+        self.heartbeat_age = Gauge("sender_heartbeat_age_seconds",
+                                   "Seconds since this instance's last successful heartbeat", registry=r)
+        self.task_restarts = Counter("sender_task_restarts", "Supervised background tasks restarted after a crash",
+                                     ["task"], registry=r)
+        for outcome in OUTCOMES:
+            self.outcomes.labels(outcome=outcome)
 
-    def outcome(self, campaign_id: int, outcome: str) -> None:
+    def outcome(self, campaign_id: int, outcome: str, count: int = 1) -> None:
         key = (campaign_id, outcome)
         child = self._children.get(key)
         if child is None:  # labels() costs a lock and a tuple build per call: cache the child
             child = self._children[key] = self.messages.labels(campaign_id=str(campaign_id), outcome=outcome)
-        child.inc()
+        child.inc(count)
+        self.outcomes.labels(outcome=outcome).inc(count)
+
+    def forget_campaign(self, campaign_id: int) -> None:
+        """Drop a campaign's series once it no longer sends here (bounded cardinality)."""
+        for outcome in OUTCOMES:
+            if self._children.pop((campaign_id, outcome), None) is not None:
+                self.messages.remove(str(campaign_id), outcome)
+
+    def total(self, outcome: str) -> int:
+        """Recipients finished with `outcome` on this instance since start."""
+        value = self.registry.get_sample_value("sender_outcomes_total", {"outcome": outcome})
+        return int(value or 0)
+
+    def count(self, name: str) -> int:
+        """The value of an unlabelled counter, e.g. count("sender_throttled")."""
+        return int(self.registry.get_sample_value(f"{name}_total") or 0)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -1,8 +1,10 @@
-"""Send-rate control: even pacing (aiolimiter) under a hard cap on any one-second window.
+"""Send rates: what each campaign may use, even pacing, and hard caps on every one-second window.
 
-aiolimiter's bucket admits a whole bucket at once (FIELD-NOTES), so it runs with a bucket of a
-few messages at slightly under the cap, and a sliding log of recent send times makes sure no
-one-second window ever holds more than the cap, whatever the event loop's timing did.
+Everything about the account cap lives here: the cap itself (SENDER_MAX_RATE or GetAccount), the
+sandbox default, the division among live instances, and the cut-and-recover reaction to
+throttling. Pacing (aiolimiter) spreads sends evenly just under a rate; SlidingWindow is the hard
+cap, applied at the wire for the account and for each campaign (SesClient's before-send hook),
+because aiolimiter alone admits a whole bucket at once (FIELD-NOTES).
 """
 
 from __future__ import annotations
@@ -16,77 +18,117 @@ from aiolimiter import AsyncLimiter
 
 
 class SlidingWindow:
-    """At most `rate` admissions in any window of 1 s plus a small margin (for network jitter)."""
+    """At most `limit` admissions in any window of `span` seconds (plus a margin for jitter).
 
-    def __init__(self, rate: float, *, margin: float = 0.01) -> None:
-        self._span = 1.0 + margin
+    A rate of 1/s or more allows floor(rate) per second. A rate below 1/s allows one admission per
+    1/rate seconds, so a 0.5/s share never sends two in one second.
+    """
+
+    def __init__(self, rate: float, *, margin: float = 0.02) -> None:
+        self._margin = margin
         self._times: deque[float] = deque()
         self.limit = 1
+        self.span = 1.0
         self.set_rate(rate)
 
     def set_rate(self, rate: float) -> None:
-        self.limit = max(1, math.floor(rate))
+        rate = max(rate, 1e-3)
+        if rate >= 1.0:
+            self.limit, self.span = math.floor(rate), 1.0 + self._margin
+        else:
+            self.limit, self.span = 1, (1.0 / rate) * (1.0 + self._margin)
+
+    def _wait_time(self, now: float) -> float:
+        while self._times and now - self._times[0] >= self.span:
+            self._times.popleft()
+        if len(self._times) < self.limit:
+            return 0.0
+        return self._times[-self.limit] + self.span - now + 0.0005
 
     async def acquire(self) -> None:
         while True:
             now = time.monotonic()
-            while self._times and now - self._times[0] >= self._span:
-                self._times.popleft()
-            if len(self._times) < self.limit:
+            wait = self._wait_time(now)
+            if wait <= 0:
                 self._times.append(now)
                 return
-            await asyncio.sleep(self._times[0] + self._span - now + 0.0005)
+            await asyncio.sleep(wait)
 
 
-class WindowRateLimiter:
-    """Sends spread evenly just under `rate` (aiolimiter), optionally under a hard sliding window.
+class Pacer:
+    """Sends spread evenly just under `rate`; no hard window (that is SlidingWindow's job).
 
-    The account limiter paces at dispatch without the window: its window is enforced at the wire
-    (SesClient.gate_wire), after botocore has built and signed the request, so event-loop stalls
-    between dispatch and the socket cannot bunch arrivals at SES.
+    A bucket of two or more lets the pacer catch up after event-loop lateness without bursting.
     """
 
-    def __init__(self, rate: float, *, headroom: float = 0.01, window: bool = True) -> None:
+    def __init__(self, rate: float, *, headroom: float = 0.01) -> None:
         self._headroom = headroom
-        self.window = SlidingWindow(rate) if window else None
         self.rate = 0.0
         self._bucket = AsyncLimiter(1, 1)
         self.set_rate(rate)
 
     def set_rate(self, rate: float) -> None:
-        rate = max(rate, 0.01)
-        if self.window is not None:
-            self.window.set_rate(rate)
+        rate = max(rate, 1e-3)
         if math.isclose(rate, self.rate, rel_tol=1e-6):
             return
         self.rate = rate
-        # a bucket of 2+ lets the pacer catch up after event-loop lateness; the window caps bursts
-        burst = max(2, math.floor(rate * self._headroom))
+        burst = max(2, math.floor(rate * self._headroom)) if rate >= 2 else 1
         paced = rate * (1 - self._headroom)
         self._bucket = AsyncLimiter(burst, burst / paced)
 
     async def acquire(self) -> None:
         await self._bucket.acquire()
-        if self.window is not None:
-            await self.window.acquire()
 
 
-class AdaptiveShare:
-    """This instance's share of a cap, cut on throttling and regained gradually (AIMD)."""
+class CampaignLimit:
+    """One campaign's rate on this instance: paced at dispatch, hard-capped at the wire."""
+
+    def __init__(self, rate: float, *, headroom: float) -> None:
+        self.pacer = Pacer(rate, headroom=headroom)
+        self.window = SlidingWindow(rate)
+
+    @property
+    def rate(self) -> float:
+        return self.pacer.rate
+
+    def set_rate(self, rate: float) -> None:
+        self.pacer.set_rate(rate)
+        self.window.set_rate(rate)
+
+
+class AccountRate:
+    """The account cap and this instance's share of it, cut on throttling and regained (AIMD).
+
+    The one owner of the cap: `cap` comes from SENDER_MAX_RATE or GetAccount, `instances` from
+    the heartbeat, and every campaign's rate is derived here.
+    """
+
+    RECOVERY_PER_SECOND = 0.05  # of the share, once throttling has been quiet for QUIET_SECONDS
+    QUIET_SECONDS = 2.0
 
     def __init__(self, cap: float, *, floor_fraction: float = 0.05) -> None:
         self.cap = cap
         self.instances = 1
+        self.sandbox = False
         self.factor = 1.0
         self._floor = floor_fraction
         self._last_cut = -math.inf
 
     @property
-    def rate(self) -> float:
+    def share(self) -> float:
+        """This instance's account rate: an even split among live instances, after throttling cuts."""
         return self.cap / max(1, self.instances) * self.factor
 
+    def campaign_rate(self, rate_per_sec: float | None) -> float:
+        """A campaign's rate on this instance (SPEC §5): min(rate_per_sec, cap), split like the cap.
+
+        A null rate means 1/s in the SES sandbox and the whole cap otherwise.
+        """
+        wanted = rate_per_sec if rate_per_sec else (1.0 if self.sandbox else self.cap)
+        return min(wanted, self.cap) / max(1, self.instances)
+
     def on_throttle(self) -> bool:
-        """Cut the rate, at most once a second; True when it was cut.
+        """Cut the share, at most once a second; True when it was cut.
 
         A lone 429 while pacing at the cap is most likely jitter on the way to SES: cut 5%.
         Another within 10 s means real overload (another sender on the account, a lower quota):
@@ -100,7 +142,7 @@ class AdaptiveShare:
         self.factor = max(self._floor, self.factor * (0.8 if repeated else 0.95))
         return True
 
-    def recover(self) -> None:
-        """Called once a second: after 2 s without throttling, regain 5% of the cap."""
-        if time.monotonic() - self._last_cut >= 2.0:
-            self.factor = min(1.0, self.factor + 0.05)
+    def recover(self, elapsed: float) -> None:
+        """Regain RECOVERY_PER_SECOND of the share per second of `elapsed`, once throttling is quiet."""
+        if time.monotonic() - self._last_cut >= self.QUIET_SECONDS:
+            self.factor = min(1.0, self.factor + self.RECOVERY_PER_SECOND * max(0.0, elapsed))

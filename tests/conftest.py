@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -31,15 +33,19 @@ def with_database(dsn: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_dsn() -> Iterator[str]:
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
         return
     from sender.embedded import start_embedded
 
-    server, dsn = start_embedded(Path(tmp_path_factory.mktemp("pg")) / "data")
+    # not under pytest's numbered temp dirs: a concurrent pytest session prunes old ones, which
+    # would delete this server's data directory under it
+    root = Path(tempfile.mkdtemp(prefix="sender-test-pg-"))
+    server, dsn = start_embedded(root / "data")
     yield dsn
     server._cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,10 @@ import json
 import asyncpg
 import pytest
 
-from sender.admin_cli import campaign_command, format_progress, progress_from, send_test
+from sender.admin_cli import campaign_command, send_test
 from sender.config import Settings
 from sender.fakeses import FakeSES
+from sender.progress import format_progress, progress_from
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon
 
 
@@ -58,7 +59,8 @@ async def test_status_shows_counts_rate_and_watch_ends_when_sent(db: asyncpg.Con
     code, out = await run(settings, "campaign", "status", str(campaign), "--json")
     [data] = json.loads(out)
     assert (data["status"], data["sent"], data["total"], data["pending"]) == ("sent", 30, 30, 0)
-    assert 20 < data["rate"] <= 31
+    # from sent_at (reply time): reply jitter moves it a little; the cap itself is measured at the fake
+    assert 20 < data["rate"] <= 33
     code, out = await run(settings, "campaign", "status")
     assert code == 0 and f"#{campaign}" in out
 

@@ -17,6 +17,10 @@ from sender.fakeses import FakeSES, Fault
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 from tests.test_process import start_daemon
 
+# An instance is dead (its rows taken over) after 3 s without a heartbeat.
+FAST_TAKEOVER = {"send_timeout": 2.0, "heartbeat_interval": 0.2, "instance_timeout": 3.0, "lease_seconds": 5.0}
+FAST_TAKEOVER_ENV = {f"SENDER_{k.upper()}": str(v) for k, v in FAST_TAKEOVER.items()}
+
 
 async def _at_least(fake: FakeSES, n: int) -> bool:
     return len(fake.messages) >= n
@@ -32,7 +36,7 @@ async def _kill_mid_campaign(db: asyncpg.Connection, settings: Settings, fake_se
     fake_ses.latency = 0.2  # keep sends in flight at the moment of the kill
     await add_contacts(db, 120)
     campaign = await add_campaign(db, await add_template(db), rate=60)
-    proc = await start_daemon(settings, SENDER_LEASE_SECONDS="5", SENDER_CRASH_POLICY=policy)
+    proc = await start_daemon(settings, SENDER_CRASH_POLICY=policy, **FAST_TAKEOVER_ENV)
     try:
         await wait_for(lambda: _at_least(fake_ses, 25), timeout=60)
         proc.send_signal(signal.SIGKILL)
@@ -48,7 +52,7 @@ async def _kill_mid_campaign(db: asyncpg.Connection, settings: Settings, fake_se
 async def test_kill_9_then_new_instance_retry_policy_resends_only_in_flight(
         db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
     campaign, held = await _kill_mid_campaign(db, settings, fake_ses, "retry")
-    async with running_daemon(settings.with_overrides(lease_seconds=5, crash_policy="retry")):
+    async with running_daemon(settings.with_overrides(crash_policy="retry", **FAST_TAKEOVER)):
         await wait_for(lambda: _sent(db, campaign), timeout=90)
     assert await recipient_counts(db, campaign) == {"sent": 120}
     per_recipient = Counter(m.to[0] for m in fake_ses.messages)
@@ -61,7 +65,7 @@ async def test_kill_9_then_new_instance_retry_policy_resends_only_in_flight(
 async def test_kill_9_then_new_instance_fail_policy_never_resends(
         db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
     campaign, held = await _kill_mid_campaign(db, settings, fake_ses, "fail")
-    async with running_daemon(settings.with_overrides(lease_seconds=5, crash_policy="fail")):
+    async with running_daemon(settings.with_overrides(crash_policy="fail", **FAST_TAKEOVER)):
         await wait_for(lambda: _sent(db, campaign), timeout=90)
     rows = await db.fetch("SELECT email, status, error_code, error FROM campaign_recipients")
     failed = {r["email"] for r in rows if r["status"] == "failed"}

@@ -91,7 +91,7 @@ async def test_sandbox_account_defaults_campaign_rate_to_one_per_second(db: asyn
     campaign = await add_campaign(db, await add_template(db))
     async with running_daemon(settings) as daemon:
         await wait_for(lambda: _is(db, campaign, "sent"), timeout=60)
-        assert daemon.campaign_rate(None) == 1.0
+        assert daemon.rate.campaign_rate(None) == 1.0
     times = sorted(m.received_at for m in fake_ses.messages)
     assert len(times) == 4
     assert fake_ses.max_in_any_window(1.0) == 1

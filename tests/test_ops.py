@@ -65,9 +65,52 @@ async def test_health_and_readiness(db: asyncpg.Connection, settings: Settings, 
         fake_ses.account.sending_enabled = True
         await wait_for(lambda: _is_ready(daemon), timeout=15)
 
-        daemon._tick_task.cancel()  # type: ignore[union-attr]  # the database loop dies
-        await wait_for(lambda: _unhealthy(daemon), timeout=5)
-        assert (await _get(daemon, "/healthz"))[0] == 503
+
+
+async def test_a_crashing_task_is_restarted_and_a_crash_loop_stops_the_daemon_non_zero(settings: Settings) -> None:
+    """Supervision: a background task that dies is noticed at once (logged, counted, restarted);
+    one that keeps dying makes /healthz 503 and the daemon exit 1 so systemd restarts it."""
+    daemon = Daemon(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await wait_for(lambda: _ready(daemon))
+        real_run, crashes = daemon.tick.run, 0
+
+        async def broken_once() -> None:  # fault injection: the next tick dies with a bug
+            nonlocal crashes
+            crashes += 1
+            daemon.tick.run = real_run  # type: ignore[method-assign]
+            raise RuntimeError("injected tick bug")
+
+        daemon.tick.run = broken_once  # type: ignore[method-assign]
+        daemon.wake_tick()
+        await wait_for(lambda: _restarted(daemon, "tick", 1))
+        ticks = daemon.tick.count
+        daemon.wake_tick()
+        await wait_for(lambda: _ticked_since(daemon, ticks))  # the restarted tick runs again
+        assert (await _get(daemon, "/healthz"))[0] == 200
+
+        async def always_broken() -> None:
+            raise RuntimeError("injected permanent tick bug")
+
+        daemon.tick.run = always_broken  # type: ignore[method-assign]
+        daemon.wake_tick()
+        assert await asyncio.wait_for(task, 60) == 1, "a crash loop exits non-zero"
+        alive, body = daemon.health()
+        assert not alive and body["fatal"] and "tick" in body["fatal"]
+    finally:
+        stop.set()
+        if not task.done():
+            await asyncio.wait_for(task, 30)
+
+
+async def _restarted(daemon: Daemon, name: str, times: int) -> bool:
+    return daemon.metrics.registry.get_sample_value("sender_task_restarts_total", {"task": name}) == times
+
+
+async def _ticked_since(daemon: Daemon, count: int) -> bool:
+    return daemon.tick.count > count
 
 
 async def _not_ready(daemon: Daemon) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from sender.campaigns import materialise_sql
 from sender.db import QUERIES
 from sender.db.queries import parse_queries
 
@@ -46,7 +47,19 @@ async def test_write_back_and_recovery_avoid_seq_scans(db: asyncpg.Connection, b
     plan = await _plan(db, "write_back", "me", ids, ["sent"] * n, ["m"] * n, [None] * n, [None] * n,
                        [1] * n, [None] * n, [None] * n)
     assert "Seq Scan on campaign_recipients" not in plan
-    assert "Seq Scan on campaign_recipients" not in await _plan(db, "recover_expired_retry")
+    for name in ("recover_orphans_retry", "recover_orphans_fail"):
+        assert "Seq Scan on campaign_recipients" not in await _plan(db, name, 30.0, "me")
+    assert "Seq Scan on campaign_recipients" not in await _plan(db, "release_unknown", "me", ids)
+
+
+async def test_materialise_chunk_scans_contacts_by_keyset(db: asyncpg.Connection) -> None:
+    await db.execute("INSERT INTO contacts (email) SELECT 'u' || g || '@example.org' FROM generate_series(1, 20000) g")
+    await db.execute("ANALYZE contacts")
+    sql, params = materialise_sql({"country": ["US"]})
+    rows = await db.fetch("EXPLAIN " + sql, 1, 15000, 1000, "me", *params)
+    plan = "\n".join(r[0] for r in rows)
+    assert "contacts_subscribed_idx" in plan
+    assert "Seq Scan on contacts" not in plan
 
 
 async def test_completion_check_probes_partial_indexes_only(db: asyncpg.Connection, big_campaign: int) -> None:

@@ -10,7 +10,9 @@ import asyncpg
 from sender.config import Settings
 from sender.db import QUERIES, create_pool
 from sender.fakeses import FakeSES, Fault
-from sender.pipeline import Outcome, ResultBuffer, Stats
+from sender.message import Outcome
+from sender.metrics import Metrics
+from sender.writeback import ResultBuffer
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 
 
@@ -172,19 +174,19 @@ async def test_write_back_only_finishes_rows_the_instance_still_holds(db_url: st
     claimed_by_a = await db.fetch(QUERIES["claim_fresh"], campaign, 0, 5, "a", 30.0)
     # a's lease lapses (it stalled); recovery hands the rows to b
     await db.execute("UPDATE campaign_recipients SET lease_until = now() - interval '1 second'")
-    assert len(await db.fetch(QUERIES["recover_expired_retry"])) == 5
+    assert len(await db.fetch(QUERIES["recover_orphans_retry"], 30.0, "b")) == 5
     claimed_by_b = await db.fetch(QUERIES["claim_due"], campaign, 5, "b", 30.0)
     assert len(claimed_by_b) == 5
     pool = await create_pool(db_url)
     try:
-        stats = Stats()
-        late = ResultBuffer(pool, "a", size=100, interval=1, stats=stats)
+        metrics = Metrics()
+        late = ResultBuffer(pool, "a", size=100, interval=1, metrics=metrics)
         for r in claimed_by_a:
             late.add(Outcome(r["id"], "failed", 1, error_code="X", error="late result from a"))
         assert await late.flush() is True
-        assert stats.lost_ownership == 5
+        assert metrics.count("sender_lost_ownership") == 5
         assert await recipient_counts(db, campaign) == {"sending": 5}
-        owner = ResultBuffer(pool, "b", size=100, interval=1, stats=Stats())
+        owner = ResultBuffer(pool, "b", size=100, interval=1, metrics=Metrics())
         for r in claimed_by_b:
             owner.add(Outcome(r["id"], "sent", 1, message_id=f"m{r['id']}"))
         await owner.flush()

@@ -32,7 +32,7 @@ async def _seed(db: asyncpg.Connection) -> None:
 async def _select(db: asyncpg.Connection, rules: Any) -> list[str]:
     await db.execute("DELETE FROM campaign_recipients")
     sql, params = materialise_sql(rules)
-    await db.execute(sql, 1, *params)
+    await db.execute(sql, 1, 0, 1000, "me", *params)  # campaign 1, from the start, one chunk
     rows = await db.fetch("SELECT email FROM campaign_recipients ORDER BY email")
     return [r["email"].split("@")[0] for r in rows]
 
@@ -97,8 +97,8 @@ async def test_hostile_values_are_data_not_sql(db: asyncpg.Connection, hostile: 
 async def test_materialisation_is_idempotent(db: asyncpg.Connection) -> None:
     await _seed(db)
     sql, params = materialise_sql({})
-    await db.execute(sql, 1, *params)
-    await db.execute(sql, 1, *params)
+    await db.execute(sql, 1, 0, 1000, "me", *params)
+    await db.execute(sql, 1, 0, 1000, "me", *params)
     assert await db.fetchval("SELECT count(*) FROM campaign_recipients") == 4
 
 

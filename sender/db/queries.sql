@@ -1,5 +1,6 @@
 -- Every statement the daemon runs, by name. Loaded once by sender.db.queries; parameters are
--- always bound ($n), never interpolated. Blocks start with a "-- name --" line.
+-- always bound ($n), never interpolated. Blocks start with a "-- name --" line; a block may
+-- include another with /*@name*/ (used for fragments two statements share).
 
 -- migrations_table --
 CREATE TABLE IF NOT EXISTS sender_migrations (
@@ -13,33 +14,36 @@ SELECT version FROM sender_migrations ORDER BY version
 -- migration_record --
 INSERT INTO sender_migrations (version) VALUES ($1)
 
+-- instance_heartbeat --
+-- The heartbeat, on its own connection and task: register or refresh this instance and count the
+-- live ones (each takes an equal share of the account rate). Rows this instance holds stay valid
+-- while this row is fresh, so nothing rewrites the held rows themselves (one write per second per
+-- instance instead of one per held row).
+WITH beat AS (
+    INSERT INTO sender_instances (id) VALUES ($1)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+)
+SELECT 1 + (SELECT count(*) FROM sender_instances
+             WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2)) AS live
+
 -- instance_forget --
 DELETE FROM sender_instances WHERE id = $1 OR heartbeat_at < now() - interval '1 day'
 
 -- tick_overview --
--- One round trip per tick: register or refresh this instance and renew the leases on the rows it
--- holds; count live instances (each takes an equal share of the account rate); read the account
--- hold; list the sending campaigns with their counters and whether retries are due; and say
--- whether any queued campaign is due or any cancelled one unfinished, so the tick runs the
--- statements that act on those only when there is something to do.
-WITH beat AS (
-    INSERT INTO sender_instances (id) VALUES ($1)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
-), renewed AS (
-    UPDATE campaign_recipients
-       SET lease_until = now() + make_interval(secs => $2)
-     WHERE status = 'sending' AND claimed_by = $1
-    RETURNING 1
-)
-SELECT 1 + (SELECT count(*) FROM sender_instances
-             WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $3)) AS live,
-       h.reason AS hold_reason, h.code AS hold_code, h.set_by AS hold_set_by,
+-- One round trip per tick: the account hold; the sending campaigns with their counters and
+-- whether retries are due; and whether any queued campaign is due, any cancelled one unfinished
+-- or any campaign still materialising, so the tick runs the statements that act on those only
+-- when there is something to do.
+SELECT h.reason AS hold_reason, h.code AS hold_code, h.set_by AS hold_set_by,
        EXISTS (SELECT 1 FROM campaigns WHERE status = 'queued'
                   AND (scheduled_at IS NULL OR scheduled_at <= now())) AS queued_due,
        EXISTS (SELECT 1 FROM campaigns WHERE status = 'cancelled' AND finished_at IS NULL) AS cancelling,
+       EXISTS (SELECT 1 FROM campaigns WHERE materialised_at IS NULL
+                  AND status IN ('sending', 'paused')) AS materialising,
        coalesce((SELECT jsonb_agg(jsonb_build_object(
                     'id', c.id, 'rate_per_sec', c.rate_per_sec::float8, 'total', c.total_count,
                     'sent', c.sent_count, 'failed', c.failed_count, 'skipped', c.skipped_count,
+                    'materialised', c.materialised_at IS NOT NULL,
                     'retries_due', EXISTS (SELECT 1 FROM campaign_recipients r
                                             WHERE r.campaign_id = c.id AND r.status = 'pending'
                                               AND r.next_attempt_at IS NOT NULL AND r.next_attempt_at <= now()))
@@ -56,7 +60,7 @@ UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $
 UPDATE sender_account_hold SET reason = NULL, code = NULL, since = NULL, set_by = NULL WHERE id = 1
 
 -- next_queued_campaign --
--- Taken inside the transaction that materialises it, so two instances never start one campaign.
+-- Taken inside the transaction that starts it, so two instances never start one campaign.
 SELECT id FROM campaigns
  WHERE status = 'queued' AND (scheduled_at IS NULL OR scheduled_at <= now())
  ORDER BY coalesce(scheduled_at, created_at), id
@@ -71,22 +75,58 @@ SELECT c.id, c.name, c.status, c.template_id, c.subject AS campaign_subject, c.f
   LEFT JOIN templates t ON t.id = c.template_id
  WHERE c.id = $1
 
--- materialise_recipients --
--- /*RULES*/ is replaced by the predicate sender.targeting compiled (whitelisted columns, $n values).
-INSERT INTO campaign_recipients (campaign_id, contact_id, email)
-SELECT $1, c.id, c.email
-  FROM contacts c
- WHERE c.status = 'subscribed' AND (/*RULES*/)
- ORDER BY c.id
-    ON CONFLICT (campaign_id, lower(email)) DO NOTHING
-
 -- campaign_start --
+-- Checked and started; recipients follow in chunks (materialise_chunk). With target_rules null
+-- the main app supplied the recipients itself, so there is nothing to materialise.
 UPDATE campaigns c
    SET status = 'sending', started_at = coalesce(c.started_at, now()), error = NULL,
+       materialise_cursor = 0, materialising_by = $2,
+       materialised_at = CASE WHEN c.target_rules IS NULL THEN now() END,
        total_count = (SELECT count(*) FROM campaign_recipients r WHERE r.campaign_id = c.id),
        updated_at = now()
  WHERE c.id = $1
-RETURNING c.total_count
+
+-- materialise_take --
+-- A started campaign whose recipients are not all materialised and that this instance may work
+-- on: its own, nobody's, or one whose materialiser's heartbeat is older than $2 seconds.
+UPDATE campaigns k SET materialising_by = $1
+  FROM (SELECT c.id FROM campaigns c
+         WHERE c.materialised_at IS NULL AND c.status IN ('sending', 'paused')
+           AND (c.materialising_by IS NULL OR c.materialising_by = $1
+                OR NOT EXISTS (SELECT 1 FROM sender_instances i WHERE i.id = c.materialising_by
+                                  AND i.heartbeat_at > now() - make_interval(secs => $2)))
+         ORDER BY c.id
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED) t
+ WHERE k.id = t.id
+RETURNING k.id, k.target_rules, k.materialise_cursor
+
+-- materialise_chunk --
+-- The next $3 subscribed contacts after the cursor $2, filtered by the campaign's rules
+-- (/*RULES*/ is the predicate sender.targeting compiled: whitelisted columns, values bound from
+-- $5 on). Each chunk scans at most $3 contacts, so no statement runs long whatever the rules
+-- match; the cursor and the total move in the same statement, guarded by ownership ($4).
+WITH span AS MATERIALIZED (
+    SELECT id FROM contacts WHERE status = 'subscribed' AND id > $2 ORDER BY id LIMIT $3
+), chunk AS (
+    SELECT c.id, c.email FROM contacts c
+     WHERE c.id = ANY(ARRAY(SELECT id FROM span)) AND c.status = 'subscribed' AND (/*RULES*/)
+), added AS (
+    INSERT INTO campaign_recipients (campaign_id, contact_id, email)
+    SELECT $1, id, email FROM chunk ORDER BY id
+        ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+    RETURNING 1
+), progress AS (
+    SELECT max(id) AS last_id, count(*) AS scanned FROM span
+)
+UPDATE campaigns k
+   SET materialise_cursor = coalesce(p.last_id, k.materialise_cursor),
+       total_count = k.total_count + (SELECT count(*) FROM added),
+       materialised_at = CASE WHEN p.scanned < $3 THEN now() END,
+       updated_at = now()
+  FROM progress p
+ WHERE k.id = $1 AND k.materialising_by = $4
+RETURNING (SELECT count(*) FROM added) AS added, k.materialised_at IS NOT NULL AS done
 
 -- campaign_fail --
 UPDATE campaigns SET status = 'failed', error = $2, finished_at = now(), updated_at = now()
@@ -95,9 +135,20 @@ UPDATE campaigns SET status = 'failed', error = $2, finished_at = now(), updated
 -- campaign_statuses --
 SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])
 
+-- claimed_rows --
+-- The tail both claims share: the claimed rows with their contact (by id, or by address when the
+-- main app supplied the list); contact_deleted when the row names a contact that no longer exists.
+SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
+       ct.status AS contact_status, (c.contact_id IS NOT NULL AND ct.id IS NULL) AS contact_deleted
+  FROM claimed c
+  LEFT JOIN contacts ct
+    ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
+ ORDER BY c.id
+
 -- claim_fresh --
 -- Fresh rows in id order after a keyset bound: the scan never walks the dead index entries
--- that earlier claims left at the front. No lock is held once this returns.
+-- that earlier claims left at the front. The lease ($5 s) is set once and never renewed: the
+-- row stays valid while this instance's heartbeat is fresh. No lock is held once this returns.
 WITH picked AS MATERIALIZED (
     SELECT id FROM campaign_recipients
      WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NULL AND id > $2
@@ -110,12 +161,7 @@ WITH picked AS MATERIALIZED (
      WHERE r.id = ANY(ARRAY(SELECT id FROM picked))  -- primary-key lookups, never a join scan
     RETURNING r.id, r.contact_id, r.email, r.attempts
 )
-SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
-       ct.status AS contact_status
-  FROM claimed c
-  LEFT JOIN contacts ct
-    ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
- ORDER BY c.id
+/*@claimed_rows*/
 
 -- claim_due --
 -- Rows that came back to pending (retry backoff, release, recovery) once they are due.
@@ -132,12 +178,7 @@ WITH picked AS MATERIALIZED (
      WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING r.id, r.contact_id, r.email, r.attempts
 )
-SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
-       ct.status AS contact_status
-  FROM claimed c
-  LEFT JOIN contacts ct
-    ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
- ORDER BY c.id
+/*@claimed_rows*/
 
 -- write_back --
 -- One round trip for a batch of outcomes. Only rows this instance still holds change, and the
@@ -172,33 +213,43 @@ WITH outcome AS (
 )
 SELECT coalesce(sum(written), 0)::bigint AS written FROM tally
 
--- recover_expired_retry --
--- Crash policy "retry": rows a dead instance left leased go back to pending (at-least-once).
-WITH expired AS MATERIALIZED (
-    SELECT id FROM campaign_recipients
-     WHERE status = 'sending' AND lease_until < now()
+-- recover_orphans_retry --
+-- Crash policy "retry": rows whose owner's heartbeat is older than $1 seconds (or whose hard
+-- lease bound passed) go back to pending (at-least-once). $2 is this instance, which never
+-- takes its own rows by heartbeat: it stops sending them itself when its heartbeat lapses.
+WITH orphaned AS MATERIALIZED (
+    SELECT r.id FROM campaign_recipients r
+     WHERE r.status = 'sending'
+       AND (r.lease_until < now()
+            OR (r.claimed_by <> $2
+                AND NOT EXISTS (SELECT 1 FROM sender_instances i WHERE i.id = r.claimed_by
+                                   AND i.heartbeat_at > now() - make_interval(secs => $1))))
      LIMIT 5000 FOR UPDATE SKIP LOCKED
 )
 UPDATE campaign_recipients r
    SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
- WHERE r.id = ANY(ARRAY(SELECT id FROM expired))
+ WHERE r.id = ANY(ARRAY(SELECT id FROM orphaned))
 RETURNING r.id
 
--- recover_expired_fail --
+-- recover_orphans_fail --
 -- Crash policy "fail": their outcome is unknown, so they are failed, never resent (at-most-once).
-WITH expired AS MATERIALIZED (
-    SELECT id FROM campaign_recipients
-     WHERE status = 'sending' AND lease_until < now()
+WITH orphaned AS MATERIALIZED (
+    SELECT r.id FROM campaign_recipients r
+     WHERE r.status = 'sending'
+       AND (r.lease_until < now()
+            OR (r.claimed_by <> $2
+                AND NOT EXISTS (SELECT 1 FROM sender_instances i WHERE i.id = r.claimed_by
+                                   AND i.heartbeat_at > now() - make_interval(secs => $1))))
      LIMIT 5000 FOR UPDATE SKIP LOCKED
 ), done AS (
     UPDATE campaign_recipients r
        SET status = 'failed', claimed_by = NULL, lease_until = NULL, error_code = 'OutcomeUnknown',
            error = 'the instance sending this message stopped before recording the outcome'
-     WHERE r.id = ANY(ARRAY(SELECT id FROM expired))
+     WHERE r.id = ANY(ARRAY(SELECT id FROM orphaned))
     RETURNING r.campaign_id
 ), bump AS (
     UPDATE campaigns c SET failed_count = c.failed_count + t.n, updated_at = now()
-      FROM (SELECT campaign_id, count(*) AS n FROM done GROUP BY campaign_id) t
+      FROM (SELECT campaign_id, count(*) AS n FROM done GROUP BY campaign_id ORDER BY campaign_id) t
      WHERE c.id = t.campaign_id
 )
 SELECT count(*) AS n FROM done
@@ -226,9 +277,10 @@ UPDATE campaigns c SET finished_at = now(), updated_at = now()
 RETURNING c.id
 
 -- complete_campaigns --
--- A sending campaign is sent once nothing is pending or in flight. Counters pre-filter the check.
+-- A sending campaign is sent once it is fully materialised and nothing is pending or in flight.
+-- Counters pre-filter the check.
 UPDATE campaigns c SET status = 'sent', finished_at = now(), updated_at = now()
- WHERE c.status = 'sending'
+ WHERE c.status = 'sending' AND c.materialised_at IS NOT NULL
    AND (c.sent_count + c.failed_count + c.skipped_count >= c.total_count OR $1::bool)
    -- three probes shaped like the three partial indexes, so none scans the campaign's finished rows
    AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
@@ -250,6 +302,18 @@ SELECT c.id, c.name, c.status, c.error, c.rate_per_sec::float8 AS rate_per_sec, 
          WHERE r.campaign_id = c.id AND r.status = 'sent') AS last_sent_at
   FROM campaigns c
  WHERE c.id = $1
+
+-- campaign_recipients_by_status --
+SELECT status, count(*) AS n FROM campaign_recipients WHERE campaign_id = $1 GROUP BY status
+
+-- campaign_status --
+SELECT status FROM campaigns WHERE id = $1
+
+-- recent_campaign_ids --
+SELECT id FROM campaigns ORDER BY id DESC LIMIT $1
+
+-- contact_by_email --
+SELECT first_name, last_name, country, attributes FROM contacts WHERE lower(email) = lower($1)
 
 -- campaign_set_status --
 -- CLI and admin API transitions; the WHERE keeps them legal (returns nothing when not allowed).
@@ -276,4 +340,12 @@ RETURNING id, status
 UPDATE campaign_recipients
    SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
  WHERE status = 'sending' AND claimed_by = $1
+RETURNING id
+
+-- release_unknown --
+-- After a claim whose reply was lost (timeout, dropped connection): rows this instance holds in
+-- the database but not in memory ($2 lists every row it does hold) go back to pending unsent.
+UPDATE campaign_recipients
+   SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
+ WHERE status = 'sending' AND claimed_by = $1 AND NOT (id = ANY($2::bigint[]))
 RETURNING id

@@ -1,0 +1,236 @@
+"""One sending campaign on this instance: claim rows -> prepare each message -> wait for a rate slot -> send.
+
+A claimer keeps a small local queue filled from the database; a dispatcher takes rows in order,
+settles the ones that must not be sent (skipped, invalid, unrenderable) without using a rate
+slot, and paces the ready ones under the campaign's and the account's rates before spawning a
+Delivery. No database lock is held while SES is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+import asyncpg
+
+from sender.backoff import Backoff
+from sender.campaigns import CampaignPlan
+from sender.db import DB_ERRORS, QUERIES, db_error_text
+from sender.delivery import Delivery, SendContext
+from sender.logs import get_logger
+from sender.message import Claimed, Outcome, prepare
+from sender.ratelimit import CampaignLimit
+
+log = get_logger("sender.runner")
+
+
+class CampaignRunner:
+    """Sends one campaign from this instance until it is stopped."""
+
+    def __init__(self, plan: CampaignPlan, ctx: SendContext, rate: float,
+                 held_ids: Callable[[], set[int]]) -> None:
+        self.plan = plan
+        self.ctx = ctx
+        self.limit = CampaignLimit(rate, headroom=ctx.settings.rate_headroom)
+        self.queue: deque[Claimed] = deque()
+        self.cursor = 0
+        self.stopping: str | None = None
+        self._held_ids = held_ids
+        self._delivery = Delivery(ctx, plan.id, self.limit, lambda: self.stopping is not None)
+        self._has_rows = asyncio.Event()
+        self._wants_rows = asyncio.Event()
+        self._wants_rows.set()
+        self._check_due = True  # claim rows that came back, when the tick says some are due
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_hand: Claimed | None = None  # popped by the dispatcher, waiting for a rate slot
+
+    def held(self) -> list[int]:
+        """Rows this runner holds that are neither in flight nor settled: queued, or waiting for a slot."""
+        ids = [row.id for row in self.queue]
+        if self._in_hand is not None:
+            ids.append(self._in_hand.id)
+        return ids
+
+    @property
+    def batch_size(self) -> int:
+        """About two seconds of sending: short enough that contact status read at claim time is fresh."""
+        return max(1, min(self.ctx.settings.claim_batch, math.ceil(self.limit.rate * 2)))
+
+    def set_rate(self, rate: float) -> None:
+        self.limit.set_rate(rate)
+
+    def retries_due(self) -> None:
+        """The tick saw rows of this campaign due for another attempt."""
+        self._check_due = True
+        self._wants_rows.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claimer(), name=f"claim-{self.plan.id}"),
+            asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.plan.id}"),
+        ]
+
+    def crashed(self) -> BaseException | None:
+        """The exception that killed the claimer or dispatcher, if one died."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return task.exception()
+        return None
+
+    async def stop(self, mode: str) -> None:
+        """Stop claiming and dispatching; hand back queued rows (pending, or skipped on cancel).
+
+        Deliveries already started are not touched: they finish and write their outcome.
+        """
+        if self.stopping:
+            return
+        self.stopping = mode
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.release_queued(cancelled=mode == "cancel")
+
+    def release_queued(self, *, cancelled: bool = False) -> int:
+        count = 0
+        while self.queue:
+            row = self.queue.popleft()
+            if cancelled:
+                self.ctx.finish(self.plan.id, Outcome(row.id, "skipped", row.attempts,
+                                                      error_code="CampaignCancelled", error="campaign cancelled"))
+            else:
+                self.ctx.finish(self.plan.id, Outcome.handed_back(row))
+            count += 1
+        self._wants_rows.set()
+        return count
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        backoff = Backoff(initial=0.1, cap=1.0)
+        while True:
+            await self.ctx.account.gate.wait_open()
+            if len(self.queue) >= self.batch_size // 2 + 1:
+                self._wants_rows.clear()
+                await self._wants_rows.wait()
+                continue
+            try:
+                rows = await self._claim(self.batch_size - len(self.queue))
+            except DB_ERRORS as exc:
+                log.warning("claim_failed", campaign_id=self.plan.id, error=db_error_text(exc))
+                await self._release_unknown()
+                await backoff.wait()
+                continue
+            backoff.reset()
+            self.queue.extend(rows)
+            if not self.ctx.account.gate.is_open:
+                self.release_queued()  # the account stopped while we claimed: hand them straight back
+            elif rows:
+                self._has_rows.set()
+            else:
+                self._wants_rows.clear()
+                try:
+                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval)
+                except TimeoutError:
+                    pass
+
+    async def _claim(self, n: int) -> list[Claimed]:
+        """Claim up to n rows. A pause or shutdown cannot cut a claim off halfway: the claim finishes
+        (shielded) and its rows reach the queue, from which `stop` hands them back."""
+        claim = asyncio.ensure_future(self._claim_rows(n))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            try:
+                self.queue.extend(await claim)
+            except DB_ERRORS:
+                await self._release_unknown()
+            raise
+
+    async def _claim_rows(self, n: int) -> list[Claimed]:
+        s = self.ctx.settings
+        me, lease = s.instance_id, s.lease_seconds
+        started = time.monotonic()  # the lease began no earlier than this
+        records: list[asyncpg.Record] = []
+        async with self.ctx.claim_lock, self.ctx.pool.acquire() as conn:
+            if self._check_due:
+                records = await conn.fetch(QUERIES["claim_due"], self.plan.id, n, me, lease, timeout=30)
+                self._check_due = len(records) == n  # a full batch: there may be more
+            if len(records) < n:
+                fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, self.cursor,
+                                         n - len(records), me, lease, timeout=30)
+                if not fresh and self.cursor > 0:
+                    # rows another instance skipped past may sit behind our bound: one pass from 0
+                    self.cursor = 0
+                    fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, 0,
+                                             n - len(records), me, lease, timeout=30)
+                if fresh:
+                    self.cursor = fresh[-1]["id"]
+                else:
+                    self._check_due = True  # nothing fresh left: look for due rows every time
+                records.extend(fresh)
+        rows = [Claimed.from_record(r) for r in records]
+        for row in rows:
+            row.claimed_at = started
+        return rows
+
+    async def _release_unknown(self) -> None:
+        """After a claim whose reply may be lost: hand back rows the database says we hold but we don't."""
+        try:
+            async with self.ctx.claim_lock:
+                released = await self.ctx.pool.fetch(QUERIES["release_unknown"], self.ctx.settings.instance_id,
+                                                     list(self._held_ids()), timeout=30)
+        except DB_ERRORS:
+            return  # still unreachable: the lease bound returns them, and the next failure tries again
+        if released:
+            log.warning("released_unknown_claimed_rows", campaign_id=self.plan.id, rows=len(released))
+
+    # -- dispatching ---------------------------------------------------------------------------
+
+    async def _dispatcher(self) -> None:
+        ctx = self.ctx
+        while True:
+            await ctx.account.gate.wait_open()
+            if not self.queue:
+                self._has_rows.clear()
+                self._wants_rows.set()
+                await self._has_rows.wait()
+                continue
+            row = self.queue.popleft()
+            if len(self.queue) <= self.batch_size // 2:
+                self._wants_rows.set()
+            if not ctx.heartbeat.may_send(row.claimed_at):
+                ctx.finish(self.plan.id, Outcome.handed_back(row))  # others may own it: never send it late
+                continue
+            email = prepare(self.plan, ctx.settings, row)
+            if isinstance(email, Outcome):
+                ctx.finish(self.plan.id, email)  # skipped or failed: no rate slot used
+                continue
+            self._in_hand = row
+            try:
+                await self._wait_for_slot()
+            except asyncio.CancelledError:
+                self.queue.appendleft(row)
+                raise
+            finally:
+                self._in_hand = None
+            if not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at):
+                ctx.inflight.release()
+                self.queue.appendleft(row)
+                if not ctx.account.gate.is_open:
+                    self.release_queued()  # the account stopped while we waited
+                continue
+            self._delivery.start(row, email)
+
+    async def _wait_for_slot(self) -> None:
+        """An in-flight slot, then the campaign's and the account's pacing; on cancel, nothing is held."""
+        ctx = self.ctx
+        await ctx.inflight.acquire()
+        try:
+            await self.limit.pacer.acquire()
+            await ctx.account_pacer.acquire()
+        except asyncio.CancelledError:
+            ctx.inflight.release()
+            raise

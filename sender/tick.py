@@ -1,0 +1,213 @@
+"""The housekeeping tick: every SENDER_POLL_INTERVAL, or at once on NOTIFY.
+
+It reads one overview, then runs each step on its own: start queued campaigns, fail the ones
+that cannot send, start and stop runners as campaigns change status, complete finished ones,
+skip cancelled ones and recover rows of dead instances. A step that fails is logged and the
+others still run; an error tied to one campaign fails that campaign with its reason. Nothing
+here waits on big work: materialisation runs on its own task (Materialiser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from sender.backoff import Backoff
+from sender.campaigns import CampaignProblem, load_plan, materialise_step, start_next_queued
+from sender.db import DB_ERRORS, QUERIES, db_error_text
+from sender.logs import get_logger
+
+if TYPE_CHECKING:
+    from sender.daemon import Daemon
+
+log = get_logger("sender.tick")
+
+STARTS_PER_TICK = 50
+FULL_COMPLETION_CHECK_EVERY = 30  # ticks; catches recipients the main app added after starting
+RECOVER_EVERY = 5  # ticks
+
+
+class Tick:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.count = 0
+        self.db_failed = False
+        self._last_run = time.monotonic()
+        self._last_progress_log = 0.0
+
+    async def run(self) -> None:
+        """One tick; raises only when the overview itself cannot be read (the database is down)."""
+        d, pool = self.d, self.d.pool
+        self.count += 1
+        self.db_failed = False
+        overview = await pool.fetchrow(QUERIES["tick_overview"], timeout=10)
+        now = time.monotonic()
+        d.rate.recover(now - self._last_run)
+        self._last_run = now
+        d.ctx.apply_rate()
+        await self._step("account_hold", lambda: d.account.sync_hold(pool, overview))
+        if overview["queued_due"]:
+            await self._step("start_queued", self._start_queued)
+        if overview["materialising"]:
+            d.materialiser.wake()
+        await self._step("fail_campaigns", self._fail_campaigns)
+        sending: list[dict[str, Any]] = overview["sending"]
+        await self._step("sync_runners", lambda: self._sync_runners(sending))
+        full = self.count % FULL_COMPLETION_CHECK_EVERY == 0
+        if full or any(c["materialised"] and c["sent"] + c["failed"] + c["skipped"] >= c["total"] for c in sending):
+            await self._step("complete", lambda: self._complete(full))
+        if overview["cancelling"]:
+            await self._step("skip_cancelled", self._skip_cancelled)
+        if self.count % RECOVER_EVERY == 0:
+            await self._step("recover", self._recover_orphans)
+        if self.db_failed:
+            raise ConnectionError("a tick step could not reach the database")
+
+    async def _step(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except DB_ERRORS as exc:
+            self.db_failed = True
+            log.warning("tick_step_failed", step=name, error=db_error_text(exc))
+        except Exception as exc:
+            log.error("tick_step_crashed", step=name, error=f"{type(exc).__name__}: {exc}"[:300], exc_info=exc)
+
+    async def _fail(self, campaign_id: int, reason: str) -> None:
+        await self.d.pool.execute(QUERIES["campaign_fail"], campaign_id, reason[:1000], timeout=10)
+        log.error("campaign_failed", campaign_id=campaign_id, error=reason[:300])
+
+    async def _start_queued(self) -> None:
+        for _ in range(STARTS_PER_TICK):
+            started = await start_next_queued(self.d.pool, self.d.settings)
+            if started is None:
+                return
+            if started.started:
+                log.info("campaign_started", campaign_id=started.campaign_id)
+                self.d.materialiser.wake()
+            else:
+                log.error("campaign_failed", campaign_id=started.campaign_id, error=started.error)
+
+    async def _fail_campaigns(self) -> None:
+        failed = self.d.failed_campaigns
+        while failed:
+            campaign_id, failure = next(iter(failed.items()))
+            await self._fail(campaign_id, f"{failure.code}: {failure.message}")
+            del failed[campaign_id]
+
+    async def _sync_runners(self, rows: list[dict[str, Any]]) -> None:
+        d = self.d
+        sending = {r["id"]: r["rate_per_sec"] for r in rows}
+        self._report_progress(rows)
+        await self._stop_gone(set(sending))
+        retries_due = {r["id"] for r in rows if r["retries_due"]}
+        for cid, rate in sending.items():
+            runner = d.runners.get(cid)
+            if runner is not None and (crash := runner.crashed()) is not None:
+                log.error("campaign_runner_crashed", campaign_id=cid, error=f"{type(crash).__name__}: {crash}"[:300])
+                await d.stop_runner(cid, "pause")
+                runner = None
+            if runner is not None:
+                runner.set_rate(d.rate.campaign_rate(rate))
+                if cid in retries_due:
+                    runner.retries_due()
+                continue
+            if cid in d.failed_campaigns:
+                continue
+            try:
+                plan = await load_plan(d.pool, cid, d.settings)
+            except CampaignProblem as exc:
+                await self._fail(cid, str(exc))
+                continue
+            except DB_ERRORS:
+                raise
+            except Exception as exc:  # a hostile template or row: this campaign fails, the tick goes on
+                await self._fail(cid, f"cannot load the campaign: {type(exc).__name__}: {exc}")
+                continue
+            d.start_runner(plan, d.rate.campaign_rate(rate))
+
+    async def _stop_gone(self, sending: set[int]) -> None:
+        gone = [cid for cid in self.d.runners if cid not in sending]
+        if not gone:
+            return
+        statuses = {r["id"]: r["status"] for r in await self.d.pool.fetch(QUERIES["campaign_statuses"], gone,
+                                                                          timeout=10)}
+        for cid in gone:
+            status = statuses.get(cid, "deleted")
+            await self.d.stop_runner(cid, "cancel" if status == "cancelled" else "pause")
+            log.info("campaign_runner_stopped", campaign_id=cid, status=status)
+
+    def _report_progress(self, rows: list[dict[str, Any]]) -> None:
+        """Backlog gauges every tick; a progress log line per sending campaign every 10 s."""
+        backlog = self.d.metrics.backlog
+        backlog.clear()
+        now = time.monotonic()
+        log_now = now - self._last_progress_log >= 10.0
+        for r in rows:
+            done = r["sent"] + r["failed"] + r["skipped"]
+            backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total"] - done))
+            if log_now:
+                log.info("campaign_progress", campaign_id=r["id"], total=r["total"], sent=r["sent"],
+                         failed=r["failed"], skipped=r["skipped"])
+        if log_now and rows:
+            self._last_progress_log = now
+
+    async def _complete(self, full: bool) -> None:
+        for row in await self.d.pool.fetch(QUERIES["complete_campaigns"], full, timeout=30):
+            log.info("campaign_sent", campaign_id=row["id"], sent=row["sent_count"],
+                     failed=row["failed_count"], skipped=row["skipped_count"])
+
+    async def _skip_cancelled(self) -> None:
+        for row in await self.d.pool.fetch(QUERIES["skip_cancelled"], timeout=30):
+            log.info("campaign_cancel_finished", campaign_id=row["id"])
+
+    async def _recover_orphans(self) -> None:
+        s, pool = self.d.settings, self.d.pool
+        args = (s.instance_timeout, s.instance_id)
+        if s.crash_policy == "fail":
+            recovered = int(await pool.fetchval(QUERIES["recover_orphans_fail"], *args, timeout=30))
+        else:
+            recovered = len(await pool.fetch(QUERIES["recover_orphans_retry"], *args, timeout=30))
+        if recovered:
+            log.warning("recovered_orphaned_rows", rows=recovered, policy=s.crash_policy)
+
+
+class Materialiser:
+    """Materialises started campaigns' recipients in chunks, off the tick (one campaign at a time)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self.chunk = daemon.settings.materialise_chunk
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.d.settings.poll_interval * 5)
+            except TimeoutError:
+                continue
+            self._wake.clear()
+            try:
+                while not stop.is_set() and (step := await materialise_step(self.d.pool, self.d.settings,
+                                                                            chunk=self.chunk)) is not None:
+                    if step.done:
+                        log.info("campaign_materialised", campaign_id=step.campaign_id)
+                        self.d.wake_tick()
+                backoff.reset()
+            except asyncpg.QueryCanceledError as exc:
+                self.chunk = max(100, self.chunk // 2)  # a statement timeout: smaller chunks from now on
+                log.warning("materialise_chunk_cancelled", error=db_error_text(exc), next_chunk=self.chunk)
+                self._wake.set()
+                await backoff.wait(stop)
+            except DB_ERRORS as exc:
+                log.warning("materialise_failed", error=db_error_text(exc))
+                self._wake.set()
+                await backoff.wait(stop)
