@@ -66,8 +66,7 @@ async def _daemon(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await Daemon(settings, tune_gc=True).run(stop, force)
-    return 0
+    return await Daemon(settings, tune_gc=True).run(stop, force)
 
 
 async def _migrate(settings: Settings) -> int:

