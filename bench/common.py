@@ -175,3 +175,28 @@ def use_uvloop() -> None:
 
     pin_client()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def write_counters(conn: asyncpg.Connection) -> dict[str, int]:
+    """WAL position and the recipient table's row-version counters, for per-message write costs.
+
+    Statistics reach the shared counters at most about once a second: wait that long after the
+    work before reading (the callers sleep 1.5 s).
+    """
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = await conn.fetchrow(
+        "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS wal, t.n_tup_upd AS upd, t.n_tup_hot_upd AS hot, "
+        "t.n_tup_ins AS ins, d.deadlocks AS deadlocks "
+        "FROM pg_stat_user_tables t, pg_stat_database d "
+        "WHERE t.relname = 'campaign_recipients' AND d.datname = current_database()")
+    return {key: int(row[key]) for key in ("wal", "upd", "hot", "ins", "deadlocks")}
+
+
+def write_costs(before: dict[str, int], after: dict[str, int], messages: int) -> dict[str, float | int]:
+    """Row versions and WAL per message between two write_counters() readings."""
+    return {
+        "row_updates_per_message": round((after["upd"] - before["upd"]) / messages, 3),
+        "hot_updates_per_message": round((after["hot"] - before["hot"]) / messages, 3),
+        "wal_bytes_per_message": round((after["wal"] - before["wal"]) / messages),
+        "deadlocks": after["deadlocks"] - before["deadlocks"],
+    }

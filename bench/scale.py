@@ -23,11 +23,13 @@ from bench.common import (
     rss_mb,
     seed_campaign,
     use_uvloop,
+    write_costs,
+    write_counters,
 )
 from sender.config import Settings
 from sender.daemon import Daemon
 from sender.db import connect
-from sender.pipeline import CampaignRunner
+from sender.runner import CampaignRunner
 
 CLAIMS: list[tuple[int, int, float]] = []  # (rows sent so far, rows claimed, seconds)
 
@@ -70,6 +72,7 @@ async def main(args: argparse.Namespace) -> None:
             rss_start = rss_mb()
             await asyncio.sleep(1.5)  # pg stats are flushed at most once a second
             xact_before = await transactions(monitor)
+            writes_before = await write_counters(monitor)
             task = asyncio.create_task(Daemon(settings, tune_gc=True).run(stop))
             samples: list[tuple[int, float]] = []
             started = time.perf_counter()
@@ -84,7 +87,8 @@ async def main(args: argparse.Namespace) -> None:
             stop.set()
             await task
             await asyncio.sleep(1.5)
-            xact_after = await transactions(monitor) - len(samples) - 2  # less this monitor's own
+            xact_after = await transactions(monitor) - len(samples) - 3  # less this monitor's own
+            writes_after = await write_counters(monitor)
             first, last = await monitor.fetchrow(
                 "SELECT min(sent_at), max(sent_at) FROM campaign_recipients WHERE campaign_id = $1", campaign)
             await monitor.close()
@@ -113,10 +117,12 @@ async def main(args: argparse.Namespace) -> None:
         "claim_us_per_row_by_tenth": tenths,
         "claim_last_over_first": round(last_tenth / first_tenth, 3) if first_tenth else None,
         "db_transactions": xact_after - xact_before,
+        "writes_while_sending": write_costs(writes_before, writes_after, n),
         "db_transactions_per_1000_messages": round((xact_after - xact_before) / n * 1000, 2),
     }
     print(f"# {n} recipients in {span:.0f} s ({result['rate']}/s); RSS {result['rss_mb']}; claim last/first tenth "
-          f"{result['claim_last_over_first']}; {result['db_transactions_per_1000_messages']} transactions per 1,000",
+          f"{result['claim_last_over_first']}; {result['db_transactions_per_1000_messages']} transactions per 1,000; "
+          f"writes per message {result['writes_while_sending']}",
           flush=True)
     report("scale", result)
 
