@@ -119,6 +119,7 @@ class FakeSES:
         self.messages: list[ReceivedMessage] = []
         self.rejections: list[Rejection] = []
         self.requests = 0
+        self.account_requests = 0
         self._window: deque[float] = deque()
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
@@ -289,6 +290,7 @@ class FakeSES:
         return web.json_response({"MessageId": message_id})
 
     async def _get_account(self, request: web.Request) -> web.Response:
+        self.account_requests += 1
         fault = self._next_fault("GetAccount")
         if fault is not None:
             return self._error(fault.status, fault.code, fault.message)

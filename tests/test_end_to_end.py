@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -29,7 +30,6 @@ async def test_campaign_sends_exact_bodies_once_per_recipient(db: asyncpg.Connec
     campaign = await add_campaign(db, template, rules={"country": ["US"]}, reply_to="help@example.com")
 
     async with running_daemon(settings):
-        await wait_for(lambda: campaign_status(db, campaign), timeout=30)
         await wait_for(lambda: _is(db, campaign, "sent"), timeout=60)
 
     rows = await db.fetch("SELECT email, status, message_id, sent_at, attempts FROM campaign_recipients "
@@ -95,6 +95,7 @@ async def test_sandbox_account_defaults_campaign_rate_to_one_per_second(db: asyn
     times = sorted(m.received_at for m in fake_ses.messages)
     assert len(times) == 4
     assert fake_ses.max_in_any_window(1.0) == 1
+    assert min(b - a for a, b in itertools.pairwise(times)) > 0.9, "spaced about a second apart, not bunched"
 
 
 async def test_pause_stops_sending_and_resume_finishes(db: asyncpg.Connection, settings: Settings,
@@ -155,24 +156,6 @@ async def test_scheduled_campaign_waits_until_due(db: asyncpg.Connection, settin
         await wait_for(lambda: _is(db, now, "sent"), timeout=30)
         assert await campaign_status(db, later) == "queued"
     assert len(fake_ses.messages) == 3
-
-
-async def test_invalid_rules_fail_campaign_before_any_mail(db: asyncpg.Connection, settings: Settings,
-                                                           fake_ses: FakeSES) -> None:
-    await add_contacts(db, 3)
-    template = await add_template(db)
-    bad_rules = await add_campaign(db, template, rules={"all": [{"field": "country", "op": "like", "value": "U%"}]})
-    bad_template = await add_campaign(db, await add_template(db, html="<p>{{ first_name | nosuchfilter }}</p>"))
-    no_template = await add_campaign(db, 999_999)
-    async with running_daemon(settings):
-        for cid in (bad_rules, bad_template, no_template):
-            await wait_for(lambda cid=cid: _is(db, cid, "failed"), timeout=30)
-    errors = {r["id"]: r["error"] for r in await db.fetch("SELECT id, error FROM campaigns")}
-    assert "target_rules.all[0].op: unknown operator 'like'" in errors[bad_rules]
-    assert "nosuchfilter" in errors[bad_template]
-    assert "template 999999 does not exist" in errors[no_template]
-    assert fake_ses.messages == []
-    assert await db.fetchval("SELECT count(*) FROM campaign_recipients") == 0
 
 
 async def test_contacts_unsubscribed_after_materialising_are_skipped(db: asyncpg.Connection,

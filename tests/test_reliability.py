@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import asyncpg
@@ -86,15 +85,19 @@ async def test_account_wide_error_stops_everything_then_resumes_when_cleared(
         counts = await recipient_counts(db, campaign)
         assert "failed" not in counts
         assert counts["sent"] == len(fake_ses.messages) and counts["pending"] == 60 - counts["sent"]
-        refused = len(fake_ses.rejections)
-        await asyncio.sleep(0.5)  # probes keep running; no send is attempted while stopped
-        assert len(fake_ses.rejections) == refused
+        refused, probes = len(fake_ses.rejections), fake_ses.account_requests
+        await wait_for(lambda: _probed(fake_ses, probes + 2), timeout=10)  # probes keep running...
+        assert len(fake_ses.rejections) == refused, "...and no send is attempted while stopped"
         fake_ses.account.sending_enabled = True
         await wait_for(lambda: _sent(db, campaign), timeout=60)
         assert daemon.gate.is_open
     assert await recipient_counts(db, campaign) == {"sent": 60}
     assert len({m.to[0] for m in fake_ses.messages}) == 60 == len(fake_ses.messages)
     assert await db.fetchval("SELECT reason FROM sender_account_hold") is None
+
+
+async def _probed(fake: FakeSES, n: int) -> bool:
+    return fake.account_requests >= n
 
 
 async def _gate_closed(daemon: object) -> bool:
