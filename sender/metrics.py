@@ -62,6 +62,11 @@ class Metrics:
         child.inc(count)
         self.outcomes.labels(outcome=outcome).inc(count)
 
+    def outcomes_in_bulk(self, outcome: str, count: int) -> None:
+        """Outcomes a set-based statement wrote (cancelled campaigns, orphaned rows): aggregate only,
+        so a campaign that no longer sends here does not grow its series back."""
+        self.outcomes.labels(outcome=outcome).inc(count)
+
     def forget_campaign(self, campaign_id: int) -> None:
         """Drop a campaign's series once it no longer sends here (bounded cardinality)."""
         for outcome in OUTCOMES:

@@ -162,13 +162,19 @@ class Tick:
 
     async def _skip_cancelled(self) -> None:
         for row in await self.d.pool.fetch(QUERIES["skip_cancelled"], timeout=30):
-            log.info("campaign_cancel_finished", campaign_id=row["id"])
+            if row["skipped"]:  # outcomes written by a set-based statement count too
+                self.d.metrics.outcomes_in_bulk("skipped", row["skipped"])
+            if row["finished"]:
+                log.info("campaign_cancel_finished", campaign_id=row["id"])
 
     async def _recover_orphans(self) -> None:
         s, pool = self.d.settings, self.d.pool
         args = (s.instance_timeout, s.instance_id)
         if s.crash_policy == "fail":
-            recovered = int(await pool.fetchval(QUERIES["recover_orphans_fail"], *args, timeout=30))
+            rows = await pool.fetch(QUERIES["recover_orphans_fail"], *args, timeout=30)
+            for row in rows:
+                self.d.metrics.outcomes_in_bulk("failed", row["n"])
+            recovered = sum(row["n"] for row in rows)
         else:
             recovered = len(await pool.fetch(QUERIES["recover_orphans_retry"], *args, timeout=30))
         if recovered:

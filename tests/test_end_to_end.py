@@ -130,12 +130,15 @@ async def test_cancel_mid_campaign_skips_pending(db: asyncpg.Connection, setting
                                                  fake_ses: FakeSES) -> None:
     await add_contacts(db, 60)
     campaign = await add_campaign(db, await add_template(db), rate=20)
-    async with running_daemon(settings):
+    async with running_daemon(settings) as daemon:
         await wait_for(lambda: _sent_at_least(fake_ses, 10), timeout=30)
         await db.execute("UPDATE campaigns SET status = 'cancelled' WHERE id = $1", campaign)
         await wait_for(lambda: db.fetchval("SELECT finished_at IS NOT NULL FROM campaigns WHERE id = $1",
                                            campaign), timeout=10)
     counts = await recipient_counts(db, campaign)
+    # rows skipped by the runner and by the set-based cancel statement are all counted in /metrics
+    assert daemon.metrics.total("skipped") == counts["skipped"]
+    assert daemon.metrics.total("sent") == counts["sent"]
     assert counts.get("sent", 0) == len(fake_ses.messages)
     assert counts.get("skipped", 0) == 60 - len(fake_ses.messages) > 0
     assert set(counts) <= {"sent", "skipped"}

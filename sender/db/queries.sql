@@ -213,10 +213,10 @@ WITH outcome AS (
 )
 SELECT coalesce(sum(written), 0)::bigint AS written FROM tally
 
--- recover_orphans_retry --
--- Crash policy "retry": rows whose owner's heartbeat is older than $1 seconds (or whose hard
--- lease bound passed) go back to pending (at-least-once). $2 is this instance, which never
--- takes its own rows by heartbeat: it stops sending them itself when its heartbeat lapses.
+-- orphaned_rows --
+-- The head both recoveries share: rows whose owner's heartbeat is older than $1 seconds, or whose
+-- hard lease bound passed. $2 is this instance, which never takes its own rows by heartbeat: it
+-- stops sending them itself when its heartbeat lapses.
 WITH orphaned AS MATERIALIZED (
     SELECT r.id FROM campaign_recipients r
      WHERE r.status = 'sending'
@@ -226,6 +226,10 @@ WITH orphaned AS MATERIALIZED (
                                    AND i.heartbeat_at > now() - make_interval(secs => $1))))
      LIMIT 5000 FOR UPDATE SKIP LOCKED
 )
+
+-- recover_orphans_retry --
+-- Crash policy "retry": orphaned rows go back to pending (at-least-once).
+/*@orphaned_rows*/
 UPDATE campaign_recipients r
    SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
  WHERE r.id = ANY(ARRAY(SELECT id FROM orphaned))
@@ -233,15 +237,7 @@ RETURNING r.id
 
 -- recover_orphans_fail --
 -- Crash policy "fail": their outcome is unknown, so they are failed, never resent (at-most-once).
-WITH orphaned AS MATERIALIZED (
-    SELECT r.id FROM campaign_recipients r
-     WHERE r.status = 'sending'
-       AND (r.lease_until < now()
-            OR (r.claimed_by <> $2
-                AND NOT EXISTS (SELECT 1 FROM sender_instances i WHERE i.id = r.claimed_by
-                                   AND i.heartbeat_at > now() - make_interval(secs => $1))))
-     LIMIT 5000 FOR UPDATE SKIP LOCKED
-), done AS (
+/*@orphaned_rows*/, done AS (
     UPDATE campaign_recipients r
        SET status = 'failed', claimed_by = NULL, lease_until = NULL, error_code = 'OutcomeUnknown',
            error = 'the instance sending this message stopped before recording the outcome'
@@ -256,6 +252,7 @@ SELECT count(*) AS n FROM done
 
 -- skip_cancelled --
 -- Pending rows of cancelled campaigns end "skipped"; the campaign is finished when none is in flight.
+-- One row per campaign touched: how many rows it skipped now, and whether it finished.
 WITH cancelled AS (
     SELECT id FROM campaigns WHERE status = 'cancelled' AND finished_at IS NULL
 ), skipped AS (
@@ -264,17 +261,23 @@ WITH cancelled AS (
            next_attempt_at = NULL
      WHERE r.campaign_id IN (SELECT id FROM cancelled) AND r.status = 'pending'
     RETURNING r.campaign_id
+), tally AS (
+    SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id
 ), bump AS (
     UPDATE campaigns c SET skipped_count = c.skipped_count + t.n, updated_at = now()
-      FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) t
+      FROM tally t
      WHERE c.id = t.campaign_id
+), finished AS (
+    UPDATE campaigns c SET finished_at = now(), updated_at = now()
+     WHERE c.id IN (SELECT id FROM cancelled)
+       AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
+                        WHERE r.campaign_id = c.id AND r.status = 'sending')
+       AND NOT EXISTS (SELECT 1 FROM skipped s WHERE s.campaign_id = c.id)
+    RETURNING c.id
 )
-UPDATE campaigns c SET finished_at = now(), updated_at = now()
- WHERE c.id IN (SELECT id FROM cancelled)
-   AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
-                    WHERE r.campaign_id = c.id AND r.status = 'sending')
-   AND NOT EXISTS (SELECT 1 FROM skipped s WHERE s.campaign_id = c.id)
-RETURNING c.id
+SELECT coalesce(t.campaign_id, f.id) AS id, coalesce(t.n, 0) AS skipped, f.id IS NOT NULL AS finished
+  FROM tally t
+  FULL JOIN finished f ON f.id = t.campaign_id
 
 -- complete_campaigns --
 -- A sending campaign is sent once it is fully materialised and nothing is pending or in flight.
