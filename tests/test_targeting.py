@@ -157,7 +157,8 @@ def test_non_finite_numbers_are_refused_naming_the_path(rules: Any, message: str
 async def test_1e999_stored_in_jsonb_is_refused_naming_the_path(db: asyncpg.Connection) -> None:
     """jsonb keeps 1e999 as an exact numeric (a 1000-digit integer once decoded): refused, not matched."""
     await _seed(db)
-    await db.execute("""UPDATE campaigns SET target_rules = '{"field": "attributes.age", "op": "gt", "value": 1e999}'""")
+    await db.execute("""UPDATE campaigns
+                           SET target_rules = '{"field": "attributes.age", "op": "gt", "value": 1e999}'""")
     stored = await db.fetchval("SELECT target_rules FROM campaigns WHERE id = 1")
     with pytest.raises(RuleError, match=r"target_rules\.value: number out of range"):
         compile_rules(stored)
