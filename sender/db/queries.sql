@@ -78,7 +78,7 @@ SELECT $1, c.id, c.email
   FROM contacts c
  WHERE c.status = 'subscribed' AND (/*RULES*/)
  ORDER BY c.id
-    ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+    ON CONFLICT (campaign_id, sender_address_key(email)) DO NOTHING  -- migration 0003
 
 -- campaign_start --
 UPDATE campaigns c
