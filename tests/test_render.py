@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sender import budget as rb
+from sender.config import Settings
+from sender.fakeses import FakeSES
 from sender.render import (
     CampaignTemplates,
     Contact,
@@ -19,6 +22,7 @@ from sender.render import (
     unsubscribe_token,
     verify_unsubscribe_token,
 )
+from tests.helpers import add_campaign, add_template, recipient_counts, running_daemon, wait_for
 
 
 def compile_(subject: str = "Hi {{ first_name }}", html: str = "<p>{{ first_name }}</p>",
@@ -326,3 +330,24 @@ def test_html_to_text_is_linear_on_unclosed_markup(html: str) -> None:
 
 def test_html_to_text_unescapes_once() -> None:
     assert html_to_text("&amp;lt; &lt; &copy; &nbsp;x") == "&lt; < © \u00a0x"
+
+
+async def test_data_dependent_runaway_loop_fails_only_that_recipient_end_to_end(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    """Real daemon, PostgreSQL and fake SES: the contact whose data makes the loop explode fails alone
+    (its error names the budget) while the others are sent."""
+    for email, n in (("ann@example.org", 2), ("bob@example.org", 10_000), ("cara@example.org", 3)):
+        await db.execute("INSERT INTO contacts (email, attributes) VALUES ($1, $2)", email, {"n": n})
+    html = "{% for i in range(attributes.n) %}{% for j in range(attributes.n) %}x{% endfor %}{% endfor %}"
+    campaign = await add_campaign(db, await add_template(db, html=html))
+    async with running_daemon(settings):
+        await wait_for(lambda: _settled(db, campaign), timeout=60)
+    assert await recipient_counts(db, campaign) == {"sent": 2, "failed": 1}
+    failed = await db.fetchrow("SELECT email, error_code, error FROM campaign_recipients WHERE status = 'failed'")
+    assert failed["email"] == "bob@example.org"
+    assert "render budget" in failed["error"] and "loop iterations" in failed["error"]
+    assert sorted(m.html for m in fake_ses.messages) == ["x" * 4, "x" * 9]
+
+
+async def _settled(db: asyncpg.Connection, campaign: int) -> bool:
+    return await db.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign) == "sent"
