@@ -295,12 +295,11 @@ class CampaignTemplates:
 
 
 def _render(template: Template, context: dict[str, Any], budget: rb.RenderBudget) -> str:
-    """The template's output, counted chunk by chunk against the budget."""
-    chunks = []
-    for chunk in template.generate(context):
-        budget.emitted(len(chunk))
-        chunks.append(chunk)
-    return "".join(chunks)
+    """The template's output. While it renders, every output and loop pass counts against the budget's
+    work limit (a few times the message size); the message size itself is checked on the result."""
+    text = template.render(context)
+    budget.emitted(len(text))
+    return text
 
 
 # Linear-time passes: a tag never spans a '<', and an unclosed block/comment/link ends the search

@@ -145,7 +145,7 @@ def generous(html: str, **kwargs: Any) -> CampaignTemplates:
     ("{% for c in 'x'*100000 %}{% for d in 'x'*100000 %}{% endfor %}{% endfor %}", "loop iterations"),
     ("{{ range(10000)|join('x'*100000) }}", "join would build"),
     ("{{ ('x'*100000).join(range(10000)|map('string')) }}", "join would build"),
-    ("{% for i in range(10000) %}{{ 'x'*100000 }}{% endfor %}", "message limit"),
+    ("{% for i in range(10000) %}{{ 'x'*100000 }}{% endfor %}", "characters of text"),
     ("{% set s %}{% for i in range(10000) %}{{ 'x'*100000 }}{% endfor %}{% endset %}{{ s|length }}",
      "characters of text"),
     ("{% set s = 'x'*100000 %}{% set t %}{% for i in range(10000) %}{{ s }}{% endfor %}{% endset %}{{ t|length }}",
