@@ -46,7 +46,8 @@ def build_plan(row: asyncpg.Record | dict[str, Any], settings: Settings) -> Camp
     subject = row["campaign_subject"] or row["template_subject"] or ""
     try:
         templates = CampaignTemplates(
-            subject, row["content_html"] or "", row["content_text"], max_bytes=settings.template_max_bytes
+            subject, row["content_html"] or "", row["content_text"], max_bytes=settings.template_max_bytes,
+            budget_ms=settings.render_budget_ms, message_max_bytes=settings.message_max_bytes,
         )
     except TemplateProblem as exc:
         raise CampaignProblem(str(exc)) from None

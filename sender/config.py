@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -53,6 +54,8 @@ class Settings:
     probe_interval: float = 5.0
     send_timeout: float = 15.0
     template_max_bytes: int = 512 * 1024
+    render_budget_ms: float = 50.0  # wall/CPU time one message's render may take (sender.render)
+    message_max_bytes: int = 1024 * 1024  # rendered subject + HTML + text, UTF-8
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -79,15 +82,28 @@ class Settings:
             raise ConfigError("SES_FROM_EMAIL is not set: the default verified From address")
 
 
+_DSN_SECRET_PARAMS = re.compile(r"(?i)(^|&)((?:ssl)?password)=[^&]*")
+_KEYWORD_SECRETS = re.compile(r"""(?i)\b((?:ssl)?password)\s*=\s*(?:'(?:[^'\\]|\\.)*'?|\S*)""")
+
+
 def redact_dsn(dsn: str | None) -> str | None:
-    """The DSN without its password, for logs and errors."""
+    """The DSN without its passwords (user:password@, ?password=, ?sslpassword=, key=value form),
+    for logs, errors and repr."""
     if not dsn:
         return dsn
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    if "://" not in dsn:  # libpq key=value form: host=db password='x y'
+        return _KEYWORD_SECRETS.sub(r"\1=***", dsn)
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "(malformed DSN)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = _DSN_SECRET_PARAMS.sub(r"\1\2=***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _number(env: Mapping[str, str], name: str, *, minimum: float, integer: bool = False) -> Any:
@@ -195,6 +211,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
             raise ConfigError("UNSUBSCRIBE_URL: expected an http(s) URL containing {token}")
         if not changes["unsubscribe_secret"]:
             raise ConfigError("UNSUBSCRIBE_SECRET: required when UNSUBSCRIBE_URL is set")
+    changes.update(_render_limits(env))
+    if changes["from_email"]:
+        changes["from_email"] = _from_address(changes["from_email"])
     if instance := _optional(env, "SENDER_INSTANCE_ID"):
         changes["instance_id"] = instance
     return replace(s, **changes)
@@ -218,3 +237,34 @@ def check_timing(s: Settings) -> None:
             f"SENDER_INSTANCE_TIMEOUT: must be at least one send timeout plus 3 heartbeats ({minimum:g} "
             f"with SENDER_SEND_TIMEOUT={s.send_timeout:g} and SENDER_HEARTBEAT_INTERVAL="
             f"{s.heartbeat_interval:g}), got {s.instance_timeout:g}")
+
+
+MAX_RENDER_BUDGET_MS = 100.0  # one render must never block the event loop for longer
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # SES takes 40 MB after MIME encoding; 10 MB leaves room
+
+
+def _render_limits(env: Mapping[str, str]) -> dict[str, Any]:
+    """SENDER_RENDER_BUDGET_MS and SENDER_MESSAGE_MAX_BYTES, within the bounds that keep the loop live."""
+    changes: dict[str, Any] = {}
+    budget = _number(env, "SENDER_RENDER_BUDGET_MS", minimum=1)
+    if budget is not None:
+        if budget > MAX_RENDER_BUDGET_MS:
+            raise ConfigError(f"SENDER_RENDER_BUDGET_MS: must be at most {MAX_RENDER_BUDGET_MS:g}, got {budget:g}")
+        changes["render_budget_ms"] = budget
+    size = _number(env, "SENDER_MESSAGE_MAX_BYTES", minimum=1024, integer=True)
+    if size is not None:
+        if size > MAX_MESSAGE_BYTES:
+            raise ConfigError(f"SENDER_MESSAGE_MAX_BYTES: must be at most {MAX_MESSAGE_BYTES}, got {size}")
+        changes["message_max_bytes"] = size
+    return changes
+
+
+def _from_address(raw: str) -> str:
+    """SES_FROM_EMAIL must be an address SES accepts (a display name is fine); refused at start-up."""
+    from sender.addresses import AddressError, normalise_address
+
+    try:
+        normalise_address(raw, allow_display_name=True)
+    except AddressError as exc:
+        raise ConfigError(f"SES_FROM_EMAIL: not a valid sender address ({exc})") from None
+    return raw

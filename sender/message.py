@@ -112,5 +112,5 @@ def prepare(plan: CampaignPlan, settings: Settings, row: Claimed) -> OutgoingEma
     try:
         return compose(plan, settings, row.contact, to=to, recipient_id=row.id)
     except TemplateProblem as exc:
-        return Outcome(row.id, "failed", row.attempts, error_code=getattr(exc, "code", "TemplateError"),
+        return Outcome(row.id, "failed", row.attempts, error_code=exc.code,
                        error=str(exc)[:500])

@@ -7,7 +7,9 @@ Errors name the offending part by its path (e.g. `target_rules.all[1].op`).
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -218,6 +220,12 @@ def _scalar(value: Any, path: str, types: tuple[type, ...], where: str = ".value
         raise RuleError(f"{path}{where}: expected {_names(types)}, got {_kind(value)}")
     if isinstance(value, str) and "\x00" in value:
         raise RuleError(f"{path}{where}: contains a NUL character")
+    if isinstance(value, float) and not math.isfinite(value):
+        # 1e999 parses as infinity: it would silently match nobody (or everybody)
+        raise RuleError(f"{path}{where}: {value!r} is not a finite number")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+        # jsonb keeps 1e999 exactly and hands it back as a 1000-digit integer
+        raise RuleError(f"{path}{where}: number out of range (beyond ±1.8e308)")
     return value
 
 

@@ -81,3 +81,62 @@ def test_env_file_is_read_when_present(tmp_path: pytest.TempPathFactory) -> None
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "SENDER_CRASH_POLICY" in result.stderr
+
+
+@pytest.mark.parametrize(("dsn", "secret", "shown"), [
+    ("postgresql://u@h/db?password=hunter2", "hunter2", "postgresql://u@h/db?password=***"),
+    ("postgresql://u@h/db?sslmode=verify-full&sslpassword=keypass", "keypass",
+     "postgresql://u@h/db?sslmode=verify-full&sslpassword=***"),
+    ("postgresql://u@h/db?Password=hunter2&application_name=x", "hunter2",
+     "postgresql://u@h/db?Password=***&application_name=x"),
+    ("postgresql://app:p%40ss:w0rd@db:5432/app", "w0rd", "postgresql://app:***@db:5432/app"),
+    ("host=db user=app password=hunter2 dbname=app", "hunter2", "host=db user=app password=*** dbname=app"),
+    ("host=db password='hun ter2' sslpassword=keypass", "ter2", "host=db password=*** sslpassword=***"),
+    ("postgresql://[::1/db?password=hunter2", "hunter2", "(malformed DSN)"),
+])
+def test_redact_dsn_hides_every_password_form(dsn: str, secret: str, shown: str) -> None:
+    assert redact_dsn(dsn) == shown
+    assert secret not in (redact_dsn(dsn) or "")
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://app@db/app?password=hunter2",
+                                 "postgresql://app@db/app?sslpassword=hunter2"])
+def test_query_passwords_never_in_settings_repr_or_errors(dsn: str) -> None:
+    assert "hunter2" not in repr(load_settings({"DATABASE_URL": dsn}))
+    assert "hunter2" not in str(load_settings({"DATABASE_URL": dsn}))
+    for broken in (dsn.replace("@db/", "@db:bad/"), dsn.replace("postgresql", "mysql")):
+        with pytest.raises(ConfigError) as err:
+            load_settings({"DATABASE_URL": broken})
+        assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw", ["not-an-address", "news@localhost", "News <news>", "a b@example.com"])
+def test_bad_from_address_is_refused_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"^SES_FROM_EMAIL: not a valid sender address \("):
+        load_settings({"SES_FROM_EMAIL": raw})
+
+
+@pytest.mark.parametrize("raw", ["news@example.com", "News <news@example.com>", '"Acme, Inc." <news@example.com>'])
+def test_from_address_with_display_name_is_accepted(raw: str) -> None:
+    assert load_settings({"SES_FROM_EMAIL": raw}).from_email == raw
+
+
+def test_cli_refuses_bad_from_address_with_one_line() -> None:
+    result = run_cli("run", env={"SES_FROM_EMAIL": "not-an-address", "DATABASE_URL": "postgresql://x@127.0.0.1:1/db"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "sender: configuration error: SES_FROM_EMAIL: not a valid sender address (address has no @domain)")
+
+
+def test_render_limits_have_defaults_and_bounds() -> None:
+    s = load_settings({})
+    assert (s.render_budget_ms, s.message_max_bytes) == (50.0, 1024 * 1024)
+    s = load_settings({"SENDER_RENDER_BUDGET_MS": "20", "SENDER_MESSAGE_MAX_BYTES": "200000"})
+    assert (s.render_budget_ms, s.message_max_bytes) == (20.0, 200_000)
+    for env, message in (({"SENDER_RENDER_BUDGET_MS": "500"}, "SENDER_RENDER_BUDGET_MS: must be at most 100"),
+                         ({"SENDER_RENDER_BUDGET_MS": "0"}, "SENDER_RENDER_BUDGET_MS: must be at least"),
+                         ({"SENDER_MESSAGE_MAX_BYTES": "100"}, "SENDER_MESSAGE_MAX_BYTES: must be at least"),
+                         ({"SENDER_MESSAGE_MAX_BYTES": str(50 * 1024 * 1024)},
+                          "SENDER_MESSAGE_MAX_BYTES: must be at most")):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(env)

@@ -79,8 +79,8 @@ async def test_migrate_is_idempotent_and_tracked(db_url: str, db: asyncpg.Connec
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
         assert out.decode().strip() == "database is up to date"
-    versions = [r["version"] for r in await db.fetch("SELECT version FROM sender_migrations")]
-    assert versions == [version for version, _ in available_migrations()]
+    versions = [r["version"] for r in await db.fetch("SELECT version FROM sender_migrations ORDER BY version")]
+    assert versions == [v for v, _ in available_migrations()]
 
 
 async def test_migrate_on_empty_database_applies_everything(pg_admin_dsn: str) -> None:
@@ -118,7 +118,7 @@ async def test_run_refuses_an_unmigrated_database(pg_admin_dsn: str, settings: S
         await admin.execute('DROP DATABASE IF EXISTS "sender_unmigrated" WITH (FORCE)')
         await admin.close()
     assert proc.returncode == 2
-    missing = ", ".join(version for version, _ in available_migrations())
+    missing = ", ".join(v for v, _ in available_migrations())
     assert stderr.decode().strip().splitlines()[-1] == (
         f"sender: configuration error: DATABASE_URL: the schema is not up to date (missing {missing}): "
         "run `sender migrate`")

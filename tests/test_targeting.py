@@ -138,3 +138,27 @@ def test_compiled_sql_holds_no_values() -> None:
     sql, params = compile_rules({"field": "country", "op": "eq", "value": "'; DROP TABLE x; --"})
     assert "DROP" not in sql
     assert params == ["'; DROP TABLE x; --"]
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ('{"field": "attributes.age", "op": "gt", "value": 1e999}', "target_rules.value: inf is not a finite number"),
+    ('{"field": "attributes.age", "op": "lt", "value": -1e999}', "target_rules.value: -inf is not a finite number"),
+    ('{"field": "attributes.age", "op": "eq", "value": NaN}', "target_rules.value: nan is not a finite number"),
+    ('{"all": [{"field": "attributes.age", "op": "in", "value": [1, Infinity]}]}',
+     "target_rules.all[0].value[1]: inf is not a finite number"),
+    ({"any": [{"attributes.score": [float("inf")]}]}, "target_rules.any[0].attributes.score.value[0]: inf"),
+])
+def test_non_finite_numbers_are_refused_naming_the_path(rules: Any, message: str) -> None:
+    with pytest.raises(RuleError) as err:
+        compile_rules(rules)
+    assert message in str(err.value)
+
+
+async def test_1e999_stored_in_jsonb_is_refused_naming_the_path(db: asyncpg.Connection) -> None:
+    """jsonb keeps 1e999 as an exact numeric (a 1000-digit integer once decoded): refused, not matched."""
+    await _seed(db)
+    await db.execute("""UPDATE campaigns
+                           SET target_rules = '{"field": "attributes.age", "op": "gt", "value": 1e999}'""")
+    stored = await db.fetchval("SELECT target_rules FROM campaigns WHERE id = 1")
+    with pytest.raises(RuleError, match=r"target_rules\.value: number out of range"):
+        compile_rules(stored)

@@ -114,7 +114,7 @@ WITH span AS MATERIALIZED (
 ), added AS (
     INSERT INTO campaign_recipients (campaign_id, contact_id, email)
     SELECT $1, id, email FROM chunk ORDER BY id
-        ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+        ON CONFLICT (campaign_id, sender_address_key(email)) DO NOTHING  -- migration 0003
     RETURNING 1
 ), progress AS (
     SELECT max(id) AS last_id, count(*) AS scanned FROM span
