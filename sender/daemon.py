@@ -83,6 +83,7 @@ class Daemon:
         self.supervisor = Supervisor(self.metrics, self._stop)
         self.listener = CampaignListener(settings, self.wake_tick)
         self.exit_code = 0
+        self._stopping: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -324,10 +325,9 @@ class Daemon:
             return
         log.error("campaign_cannot_send", campaign_id=campaign_id, code=failure.code, reason=failure.message)
         self.failed_campaigns[campaign_id] = failure
-        runner = self.runners.get(campaign_id)
-        if runner is not None:
-            runner.stopping = "failed"
-            runner.release_queued()
+        stopping = asyncio.create_task(self.stop_runner(campaign_id, "pause"))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
         self.wake_tick()
 
     # -- loops ------------------------------------------------------------------------------------
