@@ -19,8 +19,11 @@ import asyncpg
 
 from sender.campaigns import CampaignProblem, load_plan, start_next_queued
 from sender.config import ConfigError, Settings
-from sender.db import QUERIES, connect, create_pool
+from sender.db import QUERIES
+from sender.db.health import DatabaseHealth
 from sender.db.migrate import available_migrations
+from sender.db.pool import connection_budget, open_pool
+from sender.db.wakeups import Wakeups
 from sender.http import OpsServer
 from sender.logs import get_logger
 from sender.metrics import Metrics
@@ -77,7 +80,10 @@ class Daemon:
         self.db_ok = False
         self._wake = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self.db_health = DatabaseHealth(settings.db_unhealthy_seconds, settings.database_url,
+                                        settings.listen_database_url)
+        self._wakeups = Wakeups(settings, self._wake)
+        self._busy = True
         self._ctx: SendContext | None = None
         self._tick_count = 0
         self._pending_hold: SendFailure | None = None
@@ -89,31 +95,45 @@ class Daemon:
         s = self.settings
         s.require_for_run()
         assert s.database_url
-        self._pool = await self._connect_pool(stop)
-        if self._pool is None:
-            return
+        await self._start_ops()  # before the database, so /readyz can say why it is not there
         try:
-            if self._ses is not None:
-                await self._serve(self._ses, stop, force)
-            else:
-                async with open_ses(s, pool_size=s.concurrency or 256) as ses:
-                    await self._serve(ses, stop, force)
+            self._pool = await self._connect_pool(stop)
+            if self._pool is None:
+                return
+            try:
+                if self._ses is not None:
+                    await self._serve(self._ses, stop, force)
+                else:
+                    async with open_ses(s, pool_size=s.concurrency or 256) as ses:
+                        await self._serve(ses, stop, force)
+            finally:
+                await self._close_db()
         finally:
-            await self._close_db()
+            await self.ops.stop()
+
+    async def _start_ops(self) -> None:
+        s = self.settings
+        try:
+            await self.ops.start()
+        except OSError as exc:
+            raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
+                              f"({exc.strerror or exc})") from None
 
     async def _connect_pool(self, stop: asyncio.Event) -> asyncpg.Pool | None:
         backoff = 0.5
-        assert self.settings.database_url
+        log.info("database_budget", **connection_budget(self.settings, heartbeat=0))
         while not stop.is_set():
             try:
-                pool = await create_pool(self.settings.database_url, min_size=1, max_size=10)
+                pool = await open_pool(self.settings)
                 self.db_ok = True
+                self.db_health.succeeded()
                 return pool
             except DB_ERRORS as exc:
-                log.warning("database_unreachable", error=type(exc).__name__, retry_in=backoff)
+                problem = self.db_health.failed(exc)
+                log.warning("database_unreachable", error=problem.code, reason=problem.reason, retry_in=backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, self.settings.db_retry_max_seconds)
         return None
 
     async def _serve(self, ses: SesClient, stop: asyncio.Event, force: asyncio.Event | None) -> None:
@@ -136,11 +156,7 @@ class Daemon:
             on_campaign_error=self._campaign_error, metrics=self.metrics,
         )
         ses.gate_wire(self._ctx.account_window.acquire)
-        try:
-            port = await self.ops.start()
-        except OSError as exc:
-            raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
-                              f"({exc.strerror or exc})") from None
+        port = self.ops.port
         if self._tune_gc:  # after start-up, so the SES model and pool are frozen too
             tune_gc_for_throughput()
         log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
@@ -162,7 +178,6 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown(force)
-            await self.ops.stop()
 
     async def _shutdown(self, force: asyncio.Event | None) -> None:
         """Stop claiming, let in-flight sends finish within the grace period, flush, hand back."""
@@ -197,9 +212,7 @@ class Daemon:
         log.info("shutdown_complete", flushed=flushed, sent=self.stats.sent, failed=self.stats.failed)
 
     async def _close_db(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close(timeout=2)
+        await self._wakeups.close()
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)
@@ -222,7 +235,8 @@ class Daemon:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None
+        if self._pool is None:  # the ops listener is up before the database: answer 503, not 500
+            raise ConnectionError("not connected to the database yet")
         return self._pool
 
     def tick_running(self) -> bool:
@@ -250,7 +264,8 @@ class Daemon:
         self.notifier.notify("READY=1", f"STATUS=sending; cap {self.cap:g}/s")
         interval = self.notifier.watchdog_interval
         while interval and not stop.is_set():
-            if self.tick_running() and time.monotonic() - self.last_tick < max(15.0, self.settings.poll_interval * 10):
+            if (self.tick_running() and not self.db_health.unhealthy()
+                    and time.monotonic() - self.last_tick < max(15.0, self.settings.poll_interval * 10)):
                 self.notifier.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
@@ -336,14 +351,16 @@ class Daemon:
             try:
                 await self.tick()
                 self.db_ok = True
+                self.db_health.succeeded()
                 self.ready.set()
                 backoff = 0.5
-                wait = self.settings.poll_interval
+                wait = self._wakeups.next_wait(self._busy)
             except DB_ERRORS as exc:
                 self.db_ok = False
-                log.warning("tick_failed", error=type(exc).__name__, retry_in=backoff)
+                problem = self.db_health.failed(exc)
+                log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=backoff)
                 wait = backoff
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, self.settings.db_retry_max_seconds)
             self.last_tick = time.monotonic()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -365,6 +382,7 @@ class Daemon:
             overview = await pool.fetchrow(QUERIES["tick_overview"], *overview_args, timeout=10)
         await self._fail_campaigns(pool)
         sending: list[dict[str, Any]] = overview["sending"]
+        self._busy = bool(sending or self.runners or overview["queued_due"] or overview["cancelling"])
         await self._sync_runners(pool, sending)
         # counters move in the same statements as recipient rows, so they say when to look;
         # every 30th tick looks anyway (recipients the main app added after materialising)
@@ -393,11 +411,7 @@ class Daemon:
         return taken
 
     async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        assert self.settings.database_url
-        self._listener = await connect(self.settings.database_url, timeout=10)
-        await self._listener.add_listener("sender_campaigns", lambda *_: self._wake.set())
+        await self._wakeups.ensure()
 
     async def _sync_account_hold(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
         """Share account-wide stops between instances through the sender_account_hold row."""

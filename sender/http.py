@@ -59,18 +59,27 @@ class OpsServer:
     # -- health -------------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """The event loop answers (we are here) and the database loop has ticked recently."""
+        """The event loop answers (we are here), the database loop has ticked recently, and it has not
+        failed continuously for SENDER_DB_UNHEALTHY_SECONDS (counted from start-up until it connects)."""
+        health = self.daemon.db_health
         age = time.monotonic() - self.daemon.last_tick if self.daemon.last_tick else None
         limit = max(15.0, self.daemon.settings.poll_interval * 10)
-        alive = age is not None and age < limit and self.daemon.tick_running()
-        body = {"status": "ok" if alive else "stalled",
-                "last_tick_seconds_ago": None if age is None else round(age, 2)}
+        if age is None:  # still connecting: alive until that has failed for too long
+            ticking = not health.unhealthy()
+        else:
+            ticking = age < limit and self.daemon.tick_running()
+        alive = ticking and not health.unhealthy()
+        status = "ok" if alive else ("database_failing" if health.unhealthy() else "stalled")
+        body: dict[str, Any] = {"status": status, "last_tick_seconds_ago": None if age is None else round(age, 2)}
+        if not health.ok:
+            body["database_failing_seconds"] = round(health.failing_for(), 1)
         return web.json_response(body, status=200 if alive else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
         reasons: list[dict[str, Any]] = []
-        if not self.daemon.db_ok:
-            reasons.append({"check": "database", "reason": "database unreachable"})
+        database = self.daemon.db_health.readiness()
+        if database is not None:
+            reasons.append(database)
         gate = self.daemon.gate
         if not gate.is_open:
             reasons.append({"check": "sending", "code": gate.code, "kind": str(gate.kind) if gate.kind else None,
