@@ -80,6 +80,8 @@ class OpsServer:
         database = self.daemon.db_health.readiness()
         if database is not None:
             reasons.append(database)
+        elif not self.daemon.ready.is_set():
+            reasons.append({"check": "startup", "code": "Starting", "reason": "connected; first tick not done yet"})
         gate = self.daemon.gate
         if not gate.is_open:
             reasons.append({"check": "sending", "code": gate.code, "kind": str(gate.kind) if gate.kind else None,
