@@ -125,8 +125,8 @@ class OpsServer:
         cid = self._admin_campaign(request)
         if isinstance(cid, web.Response):
             return cid
-        pool = self.daemon.pool
         try:
+            pool = self.daemon.pool
             row = await pool.fetchrow(QUERIES["campaign_summary"], cid, timeout=10)
             by_status = {r["status"]: r["n"] for r in await pool.fetch(
                 "SELECT status, count(*) AS n FROM campaign_recipients WHERE campaign_id = $1 GROUP BY status",
@@ -156,8 +156,8 @@ class OpsServer:
                 return _error(400, "rate_per_sec must be a number")
             if not (0 < rate < 1e6):
                 return _error(400, "rate_per_sec must be a positive number")
-        pool = self.daemon.pool
         try:
+            pool = self.daemon.pool
             status = await set_status(pool, cid, ACTIONS[action], rate)
             current = None if status else await pool.fetchval("SELECT status FROM campaigns WHERE id = $1", cid)
         except DB_ERRORS:
