@@ -20,7 +20,7 @@ import asyncpg
 from sender.campaigns import CampaignProblem, load_plan, start_next_queued
 from sender.config import ConfigError, Settings
 from sender.db import QUERIES
-from sender.db.health import DatabaseHealth
+from sender.db.health import DatabaseHealth, describe
 from sender.db.migrate import available_migrations
 from sender.db.pool import connection_budget, open_pool
 from sender.db.wakeups import Wakeups
@@ -207,7 +207,7 @@ class Daemon:
             if released:
                 log.info("released_held_rows", rows=len(released))
         except DB_ERRORS as exc:
-            log.error("shutdown_release_failed", error=type(exc).__name__,
+            log.error("shutdown_release_failed", error=type(exc).__name__, reason=describe(exc).reason,
                       note="rows stay leased and are recovered after the lease expires")
         log.info("shutdown_complete", flushed=flushed, sent=self.stats.sent, failed=self.stats.failed)
 
