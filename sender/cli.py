@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         quiet_demo = args.command == "demo" and not args.verbose
         configure_logging(settings.log_format, "WARNING" if quiet_demo else settings.log_level)
-        _connections_for_cli(settings)
+        _connections_for_process(settings, args.command)
         if args.command == "run":
             settings.require_for_run()
             return _run_async(lambda: _daemon(settings))
@@ -152,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _connections_for_cli(settings: Settings) -> None:
-    """CLI connections show up as `sender/cli` and follow SENDER_DB_POOLER (no named statements
-    behind a transaction pooler)."""
-    from sender.db.pool import options_for, use_for_process
+def _connections_for_process(settings: Settings, command: str) -> None:
+    """Every connection this process opens follows SENDER_DB_POOLER (no named statements behind a
+    transaction pooler) and is named `sender/<instance id>` for `run`, `sender/cli` otherwise."""
+    from sender.db.pool import instance_application_name, options_for, use_for_process
 
-    use_for_process(options_for(settings, "sender/cli"))
+    name = instance_application_name(settings) if command == "run" else "sender/cli"
+    use_for_process(options_for(settings, name))
 
 
 def _database_error_line(exc: Exception, settings: Settings) -> str | None:

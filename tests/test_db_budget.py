@@ -171,3 +171,25 @@ async def test_instance_connections_are_named_and_within_the_budget(settings: Se
 
 async def _ready(daemon: Daemon) -> bool:
     return daemon.ready.is_set()
+
+
+async def test_cli_connections_are_named_sender_cli_and_follow_the_pooler(db_url: str) -> None:
+    from sender.cli import _connections_for_process
+    from sender.db.pool import use_for_process
+
+    try:
+        _connections_for_process(Settings(database_url=db_url, db_pooler="transaction"), "campaign")
+        conn = await connect(db_url)
+        try:
+            assert await conn.fetchval("SELECT current_setting('application_name')") == "sender/cli"
+            assert not conn._stmt_cache_enabled  # no named prepared statements behind a transaction pooler
+        finally:
+            await conn.close()
+        _connections_for_process(Settings(database_url=db_url, instance_id="i-9"), "run")
+        conn = await connect(db_url)
+        try:
+            assert await conn.fetchval("SELECT current_setting('application_name')") == "sender/i-9"
+        finally:
+            await conn.close()
+    finally:
+        use_for_process(ConnectionOptions())
