@@ -31,20 +31,29 @@ class Wakeups:
         self._retry_at = 0.0
         self._backoff = 1.0
         self._idle_wait = settings.poll_interval
+        self._connecting: asyncio.Task[None] | None = None
 
     @property
     def listening(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
     async def ensure(self) -> None:
-        """(Re)open the LISTEN connection when due; on failure log the server's reason and poll."""
+        """(Re)open the LISTEN connection in the background when due, so a slow or refused connect
+        never holds up the tick; on failure it logs the server's reason and the tick keeps polling."""
         if self._dsn is None or self.listening or time.monotonic() < self._retry_at:
             return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect(self._dsn), name="listener-connect")
+
+    async def _connect(self, dsn: str) -> None:
+        conn: asyncpg.Connection | None = None
         try:
-            conn = await open_dedicated(self.settings, dsn=self._dsn, direct=self._direct)
+            conn = await open_dedicated(self.settings, dsn=dsn, direct=self._direct)
             await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
         except _ERRORS as exc:
-            problem = describe(exc, self._dsn)
+            if conn is not None:
+                conn.terminate()  # never hold a slot that does not listen
+            problem = describe(exc, dsn)
             log.warning("listener_unavailable", error=problem.code, reason=problem.reason,
                         retry_in=self._backoff, note="polling until it is back")
             self._retry_at = time.monotonic() + self._backoff
@@ -69,6 +78,10 @@ class Wakeups:
         return self._idle_wait
 
     async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close(timeout=2)
