@@ -16,7 +16,7 @@ from sender.db.migrate import migrate
 from sender.db.pool import ConnectionOptions, connect, connection_budget, listen_dsn, options_for
 from sender.db.wakeups import Wakeups
 from tests.conftest import with_database
-from tests.helpers import running_daemon, wait_for
+from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 from tests.pgbouncer import free_port
 
 
@@ -193,3 +193,20 @@ async def test_cli_connections_are_named_sender_cli_and_follow_the_pooler(db_url
             await conn.close()
     finally:
         use_for_process(ConnectionOptions())
+
+
+async def test_without_its_listen_connection_an_instance_polls_and_still_sends(
+        settings: Settings, db: asyncpg.Connection) -> None:
+    await add_contacts(db, 10)
+    dead = f"postgresql://app:x@127.0.0.1:{free_port()}/x"
+    configured = settings.with_overrides(listen_database_url=dead, idle_poll_interval=0.3)
+    async with running_daemon(configured) as daemon:
+        await wait_for(lambda: _ready(daemon))
+        campaign = await add_campaign(db, await add_template(db))
+        await wait_for(lambda: _all_sent(db, campaign, 10))
+        assert not daemon._wakeups.listening
+    assert await recipient_counts(db, campaign) == {"sent": 10}
+
+
+async def _all_sent(db: asyncpg.Connection, campaign: int, n: int) -> bool:
+    return await db.fetchval("SELECT sent_count FROM campaigns WHERE id = $1", campaign) == n
