@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-full clean
+.PHONY: demo test lint bench bench-full clean pgbouncer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/sender demo
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test pgbouncer
 	$(BIN)/ruff check sender tests bench
 	$(BIN)/mypy sender
 	$(BIN)/pytest -q
@@ -30,11 +30,18 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check sender tests bench
 	$(BIN)/mypy sender
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-test pgbouncer
 	$(BIN)/python -m bench.run --quick
 
-bench-full: $(VENV)/.installed-test
+bench-full: $(VENV)/.installed-test pgbouncer
 	$(BIN)/python -m bench.run --full
+
+# Debian's pgbouncer for the pooler tests and benchmark (tests/pgbouncer.py starts its own instance).
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { \
+	  echo "installing pgbouncer (Debian package) for the PgBouncer tests"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends pgbouncer; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

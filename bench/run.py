@@ -16,6 +16,9 @@ QUICK = [
     ["bench.materialise", "--contacts", "100000"],
     ["bench.scale", "--recipients", "100000"],
     ["bench.writes", "--messages", "3000"],
+
+
+    ["bench.pgbouncer", "--messages", "5000", "--repeats", "2"],
 ]
 FULL = [
     ["bench.throughput", "--messages", "20000", "--repeats", "3", "--profile"],
@@ -24,6 +27,9 @@ FULL = [
     ["bench.materialise", "--contacts", "1000000"],
     ["bench.scale", "--recipients", "1000000"],
     ["bench.writes", "--messages", "3000", "--runs", "10"],
+
+
+    ["bench.pgbouncer", "--messages", "20000", "--repeats", "3"],
 ]
 
 

@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     test = sub.add_parser("send-test", help="render and send one campaign message to one address")
     test.add_argument("--campaign", type=int, required=True)
     test.add_argument("--to", required=True)
+
+    from sender.prune import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
     return p
 
 
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         quiet_demo = args.command == "demo" and not args.verbose
         configure_logging(settings.log_format, "WARNING" if quiet_demo else settings.log_level)
+        _connections_for_process(settings, args.command)
         if args.command == "run":
             settings.require_for_run()
             return _run_async(lambda: _daemon(settings))
@@ -128,10 +133,41 @@ def main(argv: list[str] | None = None) -> int:
             from sender.admin_cli import send_test
 
             return _run_async(lambda: send_test(settings, args))
+        if args.command == "prune":
+            from sender.prune import prune_command
+
+            return _run_async(lambda: prune_command(settings, args))
     except ConfigError as exc:
         print(f"sender: configuration error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"sender: cannot connect: {exc} (database {redact_dsn(settings.database_url)})", file=sys.stderr)
         return 3
+    except Exception as exc:
+        if (line := _database_error_line(exc, settings)) is None:
+            raise
+        print(line, file=sys.stderr)
+        return 3
     return 2
+
+
+def _connections_for_process(settings: Settings, command: str) -> None:
+    """Every connection this process opens follows SENDER_DB_POOLER (no named statements behind a
+    transaction pooler) and is named `sender/<instance id>` for `run`, `sender/cli` otherwise."""
+    from sender.db.pool import instance_application_name, options_for, use_for_process
+
+    name = instance_application_name(settings) if command == "run" else "sender/cli"
+    use_for_process(options_for(settings, name))
+
+
+def _database_error_line(exc: Exception, settings: Settings) -> str | None:
+    """One line for a database failure (the server's own message, no secret, no traceback)."""
+    import asyncpg
+
+    from sender.db.health import describe
+
+    if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | TimeoutError):
+        return None
+    problem = describe(exc, settings.database_url, settings.listen_database_url)
+    return (f"sender: database error ({problem.code}): {problem.reason} "
+            f"(database {redact_dsn(settings.database_url)})")

@@ -56,6 +56,17 @@ class Settings:
     template_max_bytes: int = 512 * 1024
     render_budget_ms: float = 50.0  # wall/CPU time one message's render may take (sender.render)
     message_max_bytes: int = 1024 * 1024  # rendered subject + HTML + text, UTF-8
+
+
+    # production PostgreSQL (issue 17): connection budget, pooler, wake-ups, health at the limit
+    db_pool_size: int = 4
+    db_pool_min: int = 1
+    db_idle_seconds: float = 60.0
+    db_pooler: str = "direct"
+    listen_database_url: str | None = field(default=None, repr=False)
+    idle_poll_interval: float = 2.0
+    db_unhealthy_seconds: float = 30.0
+    db_retry_max_seconds: float = 10.0
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -64,9 +75,10 @@ class Settings:
         check_timing(self)
 
     def __repr__(self) -> str:  # secrets never reach logs, even through repr()
-        hidden = {"admin_token", "unsubscribe_secret", "database_url"}
+        hidden = {"admin_token", "unsubscribe_secret", "database_url", "listen_database_url"}
         shown = {k: v for k, v in self.__dict__.items() if k not in hidden}
         shown["database_url"] = redact_dsn(self.database_url)
+        shown["listen_database_url"] = redact_dsn(self.listen_database_url)
         shown["admin_token"] = _secret_repr(self.admin_token)
         shown["unsubscribe_secret"] = _secret_repr(self.unsubscribe_secret)
         return f"Settings({shown})"
@@ -129,18 +141,18 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
     return raw
 
 
-def _dsn(env: Mapping[str, str]) -> str | None:
-    raw = env.get("DATABASE_URL", "").strip()
+def _dsn(env: Mapping[str, str], name: str = "DATABASE_URL") -> str | None:
+    raw = env.get(name, "").strip()
     if not raw:
         return None
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise ConfigError("DATABASE_URL: malformed DSN (bad port or syntax)") from None
+        raise ConfigError(f"{name}: malformed DSN (bad port or syntax)") from None
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigError(
-            "DATABASE_URL: expected a postgresql:// DSN, got scheme "
+            f"{name}: expected a postgresql:// DSN, got scheme "
             f"{parts.scheme or '(none)'!r}"
         )
     return raw
@@ -216,6 +228,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         changes["from_email"] = _from_address(changes["from_email"])
     if instance := _optional(env, "SENDER_INSTANCE_ID"):
         changes["instance_id"] = instance
+    changes.update(_database_settings(env, s))
     return replace(s, **changes)
 
 
@@ -268,3 +281,28 @@ def _from_address(raw: str) -> str:
     except AddressError as exc:
         raise ConfigError(f"SES_FROM_EMAIL: not a valid sender address ({exc})") from None
     return raw
+
+
+def _database_settings(env: Mapping[str, str], s: Settings) -> dict[str, Any]:
+    """Connection budget, pooler topology and database health timings (README "Sizing PostgreSQL")."""
+    changes: dict[str, Any] = {
+        "db_pooler": _choice(env, "SENDER_DB_POOLER", ("direct", "session", "transaction")) or s.db_pooler,
+        "listen_database_url": _dsn(env, "SENDER_LISTEN_DATABASE_URL"),
+    }
+    for name, attr, minimum, integer in (
+        ("SENDER_DB_POOL_SIZE", "db_pool_size", 1, True),
+        ("SENDER_DB_POOL_MIN", "db_pool_min", 0, True),
+        ("SENDER_DB_IDLE_SECONDS", "db_idle_seconds", 0, False),
+        ("SENDER_IDLE_POLL_INTERVAL", "idle_poll_interval", 0.05, False),
+        ("SENDER_DB_UNHEALTHY_SECONDS", "db_unhealthy_seconds", 0.1, False),
+        ("SENDER_DB_RETRY_MAX_SECONDS", "db_retry_max_seconds", 0.1, False),
+    ):
+        value = _number(env, name, minimum=minimum, integer=integer)
+        if value is not None:
+            changes[attr] = value
+    size = changes.get("db_pool_size", s.db_pool_size)
+    floor = changes.get("db_pool_min", min(s.db_pool_min, size))
+    if floor > size:
+        raise ConfigError(f"SENDER_DB_POOL_MIN: must not exceed SENDER_DB_POOL_SIZE ({size}), got {floor}")
+    changes["db_pool_min"] = floor
+    return changes

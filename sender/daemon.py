@@ -22,12 +22,14 @@ from sender.account import Account, AccountGate
 from sender.backoff import Backoff
 from sender.campaigns import CampaignPlan
 from sender.config import ConfigError, Settings
-from sender.db import DB_ERRORS, QUERIES, create_pool, db_error_text
+from sender.db import DB_ERRORS, QUERIES, db_error_text
+from sender.db.health import DatabaseHealth
 from sender.db.migrate import available_migrations
+from sender.db.pool import connection_budget, open_pool
+from sender.db.wakeups import Wakeups
 from sender.delivery import SendContext
 from sender.heartbeat import Heartbeat
 from sender.http import OpsServer
-from sender.listener import CampaignListener
 from sender.logs import get_logger
 from sender.metrics import Metrics
 from sender.ratelimit import AccountRate, Pacer, SlidingWindow
@@ -81,7 +83,10 @@ class Daemon:
         self._ctx: SendContext | None = None
         self._stop = asyncio.Event()
         self.supervisor = Supervisor(self.metrics, self._stop)
-        self.listener = CampaignListener(settings, self.wake_tick)
+        self.db_health = DatabaseHealth(settings.db_unhealthy_seconds, settings.database_url,
+                                        settings.listen_database_url)
+        self.wakeups = Wakeups(settings, self._wake)
+        self.busy = True  # anything queued, sending or cancelling: poll fast when LISTEN is unavailable
         self.exit_code = 0
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -93,6 +98,7 @@ class Daemon:
         s = self.settings
         s.require_for_run()
         stopper = asyncio.create_task(self._forward_stop(stop))
+        await self._start_ops()  # before the database, so /readyz can say why it is not there
         try:
             self._pool = await self._connect_pool()
             if self._pool is None:
@@ -105,23 +111,36 @@ class Daemon:
         finally:
             stopper.cancel()
             await self._close_db()
+            await self.ops.stop()
         return self.exit_code
+
+    async def _start_ops(self) -> None:
+        s = self.settings
+        try:
+            await self.ops.start()
+        except OSError as exc:
+            raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
+                              f"({exc.strerror or exc})") from None
 
     async def _forward_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._stop.set()
 
     async def _connect_pool(self) -> asyncpg.Pool | None:
-        backoff = Backoff(initial=0.2, cap=2.0)
-        assert self.settings.database_url
+        backoff = Backoff(initial=0.2, cap=self.settings.db_retry_max_seconds)
+        log.info("database_budget", **connection_budget(self.settings, heartbeat=1))
         while not self._stop.is_set():
             try:
-                pool = await create_pool(self.settings.database_url, min_size=1, max_size=10)
+                pool = await open_pool(self.settings)
                 self.db_ok = True
+                self.db_health.succeeded()
                 return pool
             except DB_ERRORS as exc:
-                log.warning("database_unreachable", error=db_error_text(exc), retry_in=backoff.current or 0.2)
-                await backoff.wait(self._stop)
+                problem = self.db_health.failed(exc)
+                delay = backoff.next()
+                log.warning("database_unreachable", error=problem.code, reason=problem.reason, retry_in=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
         return None
 
     async def _serve(self, ses: SesClient, force: asyncio.Event | None) -> None:
@@ -130,11 +149,7 @@ class Daemon:
         await self.account.refresh(ses, first=True)
         self._ctx = self._context(ses)
         ses.gate_wire(self._ctx.account_window.acquire)
-        try:
-            port = await self.ops.start()
-        except OSError as exc:
-            raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
-                              f"({exc.strerror or exc})") from None
+        port = self.ops.port
         with contextlib.suppress(*DB_ERRORS):
             await self.heartbeat.beat()  # live count and a fresh heartbeat before the first claim
         if self._tune_gc:  # after start-up, so the SES model and pool are frozen too
@@ -148,7 +163,6 @@ class Daemon:
             log.info("shutdown_started", in_flight=self._ctx.in_flight())
             self.notifier.notify("STOPPING=1", "STATUS=draining in-flight sends")
             await self._shutdown(force)
-            await self.ops.stop()
 
     def _context(self, ses: SesClient) -> SendContext:
         s = self.settings
@@ -172,7 +186,6 @@ class Daemon:
         sup.start("write-back", ctx.buffer.run)
         sup.start("tick", self._tick_loop)
         sup.start("materialiser", lambda: self.materialiser.run(stop))
-        sup.start("listener", lambda: self.listener.run(stop))
         sup.start("probe", lambda: self.account.probe_loop(ses, pool, stop))
         sup.start("systemd", self._systemd_loop)
 
@@ -223,7 +236,7 @@ class Daemon:
                       note="rows stay claimed and are recovered after the instance timeout")
 
     async def _close_db(self) -> None:
-        await self.listener.close()
+        await self.wakeups.close()
         await self.heartbeat.close()
         if self._pool is not None:
             with contextlib.suppress(Exception):
@@ -245,7 +258,8 @@ class Daemon:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None
+        if self._pool is None:  # the ops listener is up before the database: answer 503, not 500
+            raise ConnectionError("not connected to the database yet")
         return self._pool
 
     @property
@@ -274,12 +288,19 @@ class Daemon:
         return max(15.0, self.settings.poll_interval * 10)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Alive: the tick loop answered recently and every supervised task is running."""
+        """Alive: the tick loop answered recently, every supervised task is running, and the database
+        loop has not failed continuously for SENDER_DB_UNHEALTHY_SECONDS (counted from start-up until
+        it connects), so the watchdog restarts an instance that holds a slot and does nothing."""
         age = time.monotonic() - self.last_tick if self.last_tick else None
-        alive = age is not None and age < self.stale_tick_limit() and self.supervisor.healthy
-        return alive, {"status": "ok" if alive else "stalled",
-                       "last_tick_seconds_ago": None if age is None else round(age, 2),
-                       "tasks_down": sorted(self.supervisor.down), "fatal": self.supervisor.fatal}
+        failing = self.db_health.unhealthy()
+        ticking = (not failing) if age is None else age < self.stale_tick_limit()
+        alive = ticking and not failing and self.supervisor.healthy
+        status = "ok" if alive else ("database_failing" if failing else "stalled")
+        body: dict[str, Any] = {"status": status, "last_tick_seconds_ago": None if age is None else round(age, 2),
+                                "tasks_down": sorted(self.supervisor.down), "fatal": self.supervisor.fatal}
+        if not self.db_health.ok:
+            body["database_failing_seconds"] = round(self.db_health.failing_for(), 1)
+        return alive, body
 
     def refresh_gauges(self) -> None:
         m = self.metrics
@@ -338,13 +359,15 @@ class Daemon:
             try:
                 await self.tick.run()
                 self.db_ok = True
+                self.db_health.succeeded()
                 self.ready.set()
                 backoff.reset()
-                wait = self.settings.poll_interval
+                wait = self.wakeups.next_wait(self.busy)
             except DB_ERRORS as exc:
                 self.db_ok = False
+                problem = self.db_health.failed(exc)
                 wait = backoff.next()
-                log.warning("tick_failed", error=db_error_text(exc), retry_in=wait)
+                log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=wait)
             self.last_tick = time.monotonic()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -17,7 +17,8 @@ import asyncpg
 
 from sender.backoff import Backoff
 from sender.config import Settings
-from sender.db import DB_ERRORS, QUERIES, connect, db_error_text
+from sender.db import DB_ERRORS, QUERIES, db_error_text
+from sender.db.pool import open_dedicated
 from sender.logs import get_logger
 from sender.metrics import Metrics
 
@@ -38,8 +39,7 @@ class Heartbeat:
         """One heartbeat; raises the database's error."""
         s = self.settings
         if self._conn is None or self._conn.is_closed():
-            assert s.database_url
-            self._conn = await connect(s.database_url, timeout=max(1.0, s.heartbeat_interval * 5))
+            self._conn = await open_dedicated(s)
         started = time.monotonic()
         live = await self._conn.fetchval(QUERIES["instance_heartbeat"], s.instance_id, s.instance_timeout,
                                          timeout=max(1.0, s.heartbeat_interval * 5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from sender.account import AccountGate
 from sender.campaigns import ACTIONS, TransitionRefused, apply_action
 from sender.config import Settings
 from sender.db import DB_ERRORS, QUERIES
+from sender.db.health import DatabaseHealth
 from sender.metrics import Metrics
 from sender.progress import progress_from
 
@@ -24,6 +26,8 @@ class DaemonView(Protocol):
     settings: Settings
     metrics: Metrics
     db_ok: bool
+    db_health: DatabaseHealth
+    ready: asyncio.Event
 
     @property
     def pool(self) -> asyncpg.Pool: ...
@@ -85,8 +89,11 @@ class OpsServer:
 
     async def readyz(self, request: web.Request) -> web.Response:
         reasons: list[dict[str, Any]] = []
-        if not self.daemon.db_ok:
-            reasons.append({"check": "database", "reason": "database unreachable"})
+        database = self.daemon.db_health.readiness()
+        if database is not None:
+            reasons.append(database)
+        elif not self.daemon.ready.is_set():
+            reasons.append({"check": "startup", "code": "Starting", "reason": "connected; first tick not done yet"})
         gate = self.daemon.gate
         if not gate.is_open:
             reasons.append({"check": "sending", "code": gate.code, "kind": str(gate.kind) if gate.kind else None,
@@ -130,8 +137,8 @@ class OpsServer:
         cid = self._admin_campaign(request)
         if isinstance(cid, web.Response):
             return cid
-        pool = self.daemon.pool
         try:
+            pool = self.daemon.pool
             row = await pool.fetchrow(QUERIES["campaign_summary"], cid, timeout=10)
             by_status = {r["status"]: r["n"] for r in await pool.fetch(
                 QUERIES["campaign_recipients_by_status"], cid, timeout=10)} if row else {}

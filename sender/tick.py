@@ -44,6 +44,7 @@ class Tick:
         d, pool = self.d, self.d.pool
         self.count += 1
         self.db_failed = False
+        await d.wakeups.ensure()
         overview = await pool.fetchrow(QUERIES["tick_overview"], timeout=10)
         now = time.monotonic()
         d.rate.recover(now - self._last_run)
@@ -56,6 +57,8 @@ class Tick:
             d.materialiser.wake()
         await self._step("fail_campaigns", self._fail_campaigns)
         sending: list[dict[str, Any]] = overview["sending"]
+        d.busy = bool(sending or d.runners or overview["queued_due"] or overview["cancelling"]
+                      or overview["materialising"])
         await self._step("sync_runners", lambda: self._sync_runners(sending))
         full = self.count % FULL_COMPLETION_CHECK_EVERY == 0
         if full or any(c["materialised"] and c["sent"] + c["failed"] + c["skipped"] >= c["total"] for c in sending):

@@ -4,6 +4,7 @@ import asyncio
 
 import asyncpg
 
+from sender.db.health import describe
 from sender.db.pool import connect, create_pool
 from sender.db.queries import QUERIES
 
@@ -12,9 +13,9 @@ DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.Tim
 
 
 def db_error_text(exc: BaseException) -> str:
-    """The exception class and the server's own first line (never a DSN): what an operator needs."""
-    message = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    """The exception class and the server's own words, secrets redacted: what an operator needs."""
+    problem = describe(exc)
+    return f"{problem.code}: {problem.reason}"
 
 
 __all__ = ["DB_ERRORS", "QUERIES", "connect", "create_pool", "db_error_text"]

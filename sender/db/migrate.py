@@ -19,19 +19,24 @@ def available_migrations() -> list[tuple[str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations in one transaction each; return the versions applied now."""
+    """Apply pending migrations in one transaction each; return the versions applied now.
+
+    The lock is transaction-scoped (`pg_advisory_xact_lock`), taken again in every transaction:
+    behind PgBouncer in transaction mode a session-level lock could be taken on one server
+    connection and released on another (or never), so nothing here relies on session state.
+    """
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute(QUERIES["migration_lock"], _LOCK_KEY)
         await conn.execute(QUERIES["migrations_table"])
-        done = {r["version"] for r in await conn.fetch(QUERIES["migrations_applied"])}
-        for version, sql in available_migrations():
+    for version, sql in available_migrations():
+        async with conn.transaction():
+            await conn.execute(QUERIES["migration_lock"], _LOCK_KEY)
+            # read under the lock: another migrator may have applied it while we waited
+            done = {r["version"] for r in await conn.fetch(QUERIES["migrations_applied"])}
             if version in done:
                 continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(QUERIES["migration_record"], version)
-            applied_now.append(version)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await conn.execute(sql)
+            await conn.execute(QUERIES["migration_record"], version)
+        applied_now.append(version)
     return applied_now

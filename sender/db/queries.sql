@@ -352,3 +352,39 @@ UPDATE campaign_recipients
    SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
  WHERE status = 'sending' AND claimed_by = $1 AND NOT (id = ANY($2::bigint[]))
 RETURNING id
+-- ===== production PostgreSQL (issue 17): migration lock, retention (sender prune) =====
+
+-- migration_lock --
+-- Transaction-scoped, so it is released by COMMIT on the server connection that took it, even
+-- behind PgBouncer in transaction mode.
+SELECT pg_advisory_xact_lock($1)
+
+-- prune_candidates --
+-- Campaigns whose recipient rows may go: finished (sent, or cancelled and settled) before $1, and
+-- still holding rows. Failed campaigns are kept: `sender campaign send` can resume them, and
+-- re-materialising over deleted rows would send to everyone again.
+SELECT c.id, c.name, c.status, c.finished_at,
+       (SELECT count(*) FROM campaign_recipients r WHERE r.campaign_id = c.id) AS recipients
+  FROM campaigns c
+ WHERE c.status IN ('sent', 'cancelled') AND c.finished_at IS NOT NULL AND c.finished_at < $1
+   AND EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id)
+ ORDER BY c.finished_at, c.id
+
+-- prune_recipients_chunk --
+-- One short transaction: up to $3 rows of one campaign, re-checked as finished before $2 in the
+-- same statement (a campaign re-queued meanwhile is left alone). Rows are looked up by primary
+-- key; locked rows are skipped rather than waited for, so prune never queues behind sending.
+WITH doomed AS MATERIALIZED (
+    SELECT r.id FROM campaign_recipients r
+     WHERE r.campaign_id = $1
+       AND EXISTS (SELECT 1 FROM campaigns c
+                    WHERE c.id = $1 AND c.status IN ('sent', 'cancelled')
+                      AND c.finished_at IS NOT NULL AND c.finished_at < $2)
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM campaign_recipients
+     WHERE id = ANY(ARRAY(SELECT id FROM doomed))
+    RETURNING 1
+)
+SELECT count(*) FROM gone
