@@ -10,6 +10,7 @@ A campaign is only complete once materialisation has finished.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,13 @@ async def load_plan(conn: asyncpg.Connection | asyncpg.Pool, campaign_id: int, s
     row = await conn.fetchrow(QUERIES["load_campaign"], campaign_id)
     if row is None:
         raise CampaignProblem(f"campaign {campaign_id} does not exist")
-    return build_plan(row, settings)
+    return await compile_plan(row, settings)
+
+
+async def compile_plan(row: asyncpg.Record | dict[str, Any], settings: Settings) -> CampaignPlan:
+    """build_plan in a worker thread: compiling a large template takes seconds of CPU, and the event
+    loop (heartbeat, health, every other campaign) must keep running meanwhile."""
+    return await asyncio.to_thread(build_plan, row, settings)
 
 
 MATERIALISE_FIRST_RULE_PARAM = 5
@@ -98,7 +105,7 @@ async def start_next_queued(pool: asyncpg.Pool, settings: Settings) -> StartResu
             return None
         try:
             row = await conn.fetchrow(QUERIES["load_campaign"], campaign_id, timeout=10)
-            build_plan(row, settings)
+            await compile_plan(row, settings)
             if row["target_rules"] is not None:
                 materialise_sql(row["target_rules"])
         except (CampaignProblem, RuleError) as exc:

@@ -346,6 +346,7 @@ async def test_data_dependent_runaway_loop_fails_only_that_recipient_end_to_end(
     failed = await db.fetchrow("SELECT email, error_code, error FROM campaign_recipients WHERE status = 'failed'")
     assert failed["email"] == "bob@example.org"
     assert "render budget" in failed["error"] and "loop iterations" in failed["error"]
+    assert failed["error_code"] == "TemplateBudget"
     assert sorted(m.html for m in fake_ses.messages) == ["x" * 4, "x" * 9]
 
 
