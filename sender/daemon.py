@@ -237,6 +237,9 @@ class Daemon:
         m.rate_limit.set(self.current_rate())
         m.sending_stopped.set(0 if self.gate.is_open else 1)
         m.instances.set(self.instances)
+        m.refresh_operator_gauges(cap=self.cap, campaign_rates={c: r.limiter.rate for c, r in self.runners.items()},
+                                  buffered=len(self._ctx.buffer) if self._ctx else 0, last_tick=self.last_tick,
+                                  db_ok=self.db_ok, account=self.account)
 
     def _flushed(self, rows: int, seconds: float) -> None:
         self.metrics.write_back_rows.inc(rows)
