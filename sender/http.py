@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import asdict
+from functools import cache
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -36,6 +38,7 @@ class OpsServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
         if self.daemon.settings.admin_token:
             app.router.add_get("/campaigns/{id}", self.campaign)
             app.router.add_post("/campaigns/{id}/{action}", self.campaign_action)
@@ -84,6 +87,10 @@ class OpsServer:
         self.daemon.refresh_gauges()
         return web.Response(body=self.daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 description of this listener (sender/openapi.json, fuzzed by the tests)."""
+        return web.Response(body=openapi_document(), content_type="application/json")
+
     # -- admin ------------------------------------------------------------------------------------
 
     def _authorised(self, request: web.Request) -> web.Response | None:
@@ -99,7 +106,7 @@ class OpsServer:
     @staticmethod
     def _campaign_id(request: web.Request) -> int | web.Response:
         raw = request.match_info["id"]
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # isdigit() alone passes '²', then int() fails
             return _error(400, "campaign id must be a positive whole number")
         return int(raw)
 
@@ -156,3 +163,8 @@ class OpsServer:
         if status is None:
             return _error(409, f"campaign {cid} is {current}: cannot {action} it", current_status=current)
         return web.json_response({"id": cid, "status": status})
+
+
+@cache
+def openapi_document() -> bytes:
+    return files("sender").joinpath("openapi.json").read_bytes()
