@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from sender.config import Settings
+from sender.daemon import Daemon
 from sender.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for
 from tests.test_alert_rules import RULES, run_promtool
@@ -179,11 +180,21 @@ async def test_every_metric_used_is_exported_by_a_daemon_that_sent_a_campaign(
         await wait_for(lambda: _sent_at_least(fake_ses, 5), timeout=30)
         during = await _scrape(daemon.ops.port)  # per-campaign gauges exist only while it sends
         await wait_for(lambda: _campaign_sent(db, campaign), timeout=60)
+        await wait_for(lambda: _no_runners(daemon), timeout=10)
         after = await _scrape(daemon.ops.port)
     samples, families = exported_names(during)
     samples_after, families_after = exported_names(after)
     samples |= samples_after
-    assert f'sender_messages_total{{campaign_id="{campaign}",outcome="sent"}} 30.0' in after
+    # the scrape-time gauges the rules and dashboard rely on carry the daemon's real state
+    assert f'sender_campaign_rate_limit_per_second{{campaign_id="{campaign}"}} 10.0' in during
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in after.splitlines() if line and line[0] != "#"}
+    assert values[f'sender_messages_total{{campaign_id="{campaign}",outcome="sent"}}'] == 30
+    assert values["sender_account_rate_cap_per_second"] == fake_ses.account.max_send_rate
+    assert values["sender_ses_max_24h_send"] == fake_ses.account.max_24h
+    assert (values["sender_database_up"], values["sender_results_buffered"]) == (1, 0)
+    assert 0 < values["sender_tick_age_seconds"] < 15
+    assert f'sender_campaign_rate_limit_per_second{{campaign_id="{campaign}"}}' not in after
     expressions = [*dashboard_expressions(), *rule_expressions()]
     used = set().union(*(metric_names(expr) for _, expr in expressions)) | variable_query_metrics()
     unknown = used - samples - recorded_names() - PROMETHEUS_SERIES
@@ -198,3 +209,7 @@ async def _sent_at_least(fake: FakeSES, n: int) -> bool:
 
 async def _campaign_sent(db: asyncpg.Connection, campaign: int) -> bool:
     return await db.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign) == "sent"
+
+
+async def _no_runners(daemon: Daemon) -> bool:
+    return not daemon.runners
