@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 import sender
 from sender.config import Settings
@@ -63,8 +65,13 @@ async def _ready(daemon: Daemon) -> bool:
     return daemon.ready.is_set()
 
 
-def test_document_is_openapi_3_1_and_names_this_version() -> None:
+def test_document_is_valid_openapi_3_1_and_names_this_version() -> None:
     assert DOCUMENT["openapi"].startswith("3.1.")
+    validate(DOCUMENT)  # against the OpenAPI 3.1 meta-schema, $refs resolved
+    broken = json.loads(json.dumps(DOCUMENT))
+    del broken["info"]["title"]
+    with pytest.raises(OpenAPIValidationError):
+        validate(broken)
     assert DOCUMENT["info"]["version"] == sender.__version__
     for method, path, op in operations():
         assert op.get("operationId") and op.get("responses"), f"{method} {path}"
