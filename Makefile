@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-full clean pgbouncer
+.PHONY: demo test lint bench bench-full clean pgbouncer promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/sender demo
 
-test: $(VENV)/.installed-test pgbouncer
+test: $(VENV)/.installed-test pgbouncer promtool
 	$(BIN)/ruff check sender tests bench
 	$(BIN)/mypy sender
 	$(BIN)/pytest -q
@@ -45,3 +45,11 @@ pgbouncer:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# promtool (Debian's prometheus package) checks and unit-tests config/prometheus/sender-rules.yml.
+# Installed when missing; the package's own Prometheus service is stopped and disabled if it started.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends prometheus \
+	  && { systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true; }; }
+	@promtool --version | head -1

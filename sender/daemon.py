@@ -309,6 +309,10 @@ class Daemon:
         m.sending_stopped.set(0 if self.account.gate.is_open else 1)
         m.instances.set(self.rate.instances)
         m.heartbeat_age.set(max(0.0, min(self.heartbeat.age(), 1e9)))
+        m.refresh_operator_gauges(cap=self.rate.cap,
+                                  campaign_rates={c: r.limit.rate for c, r in self.runners.items()},
+                                  buffered=len(self._ctx.buffer) if self._ctx else 0, last_tick=self.last_tick,
+                                  db_ok=self.db_ok, account=self.account.info)
 
     def held_ids(self) -> set[int]:
         """Every row this instance holds in memory: queued, in flight, or with its result unwritten."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 from dataclasses import asdict
+from functools import cache
+from importlib.resources import files
 from typing import Any, Protocol
 
 import asyncpg
@@ -59,6 +61,7 @@ class OpsServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
         if self.daemon.settings.admin_token:
             app.router.add_get("/campaigns/{id}", self.campaign)
             app.router.add_post("/campaigns/{id}/{action}", self.campaign_action)
@@ -107,6 +110,10 @@ class OpsServer:
         self.daemon.refresh_gauges()
         return web.Response(body=self.daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 description of this listener (sender/openapi.json, fuzzed by the tests)."""
+        return web.Response(body=openapi_document(), content_type="application/json")
+
     # -- admin ------------------------------------------------------------------------------------
 
     def _authorised(self, request: web.Request) -> web.Response | None:
@@ -122,7 +129,7 @@ class OpsServer:
     @staticmethod
     def _campaign_id(request: web.Request) -> int | web.Response:
         raw = request.match_info["id"]
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # isdigit() alone passes '²', then int() fails
             return _error(400, "campaign id must be a positive whole number")
         return int(raw)
 
@@ -176,3 +183,8 @@ class OpsServer:
         except DB_ERRORS:
             return _error(503, "database unreachable")
         return web.json_response({"id": cid, "status": status})
+
+
+@cache
+def openapi_document() -> bytes:
+    return files("sender").joinpath("openapi.json").read_bytes()

@@ -45,7 +45,6 @@ class ResultBuffer:
 
     def add(self, outcome: Outcome) -> None:
         self._items.append(outcome)
-        self._metrics.unwritten.set(len(self._items))
         if len(self._items) >= self._size:
             self._wake.set()
 
@@ -90,7 +89,6 @@ class ResultBuffer:
 
     def _record(self, rows: int, written: int, seconds: float) -> None:
         m = self._metrics
-        m.unwritten.set(len(self._items))
         m.write_back_rows.inc(rows)
         m.write_back_latency.observe(seconds)
         if written < rows:
