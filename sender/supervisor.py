@@ -39,6 +39,7 @@ class Supervisor:
 
     def start(self, name: str, factory: TaskFactory) -> None:
         """Run `factory()` until the daemon stops; restart it whenever it ends unexpectedly."""
+        self._metrics.task_restarts.labels(task=name)  # the series exists (at 0) before any crash
         self._watchers.append(asyncio.create_task(self._watch(name, factory), name=f"supervise-{name}"))
 
     async def _watch(self, name: str, factory: TaskFactory) -> None:
