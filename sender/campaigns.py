@@ -15,9 +15,10 @@ import asyncpg
 from sender.addresses import AddressError, normalise_address
 from sender.config import Settings
 from sender.db import QUERIES
-from sender.render import CampaignTemplates, Contact, TemplateProblem, unsubscribe_token
+from sender.render import CampaignTemplates, Contact, TemplateProblem
 from sender.ses import OutgoingEmail
 from sender.targeting import RuleError, compile_rules
+from sender.tokens import unsubscribe_token
 
 
 class CampaignProblem(Exception):

@@ -21,6 +21,7 @@ from sender.campaigns import CampaignProblem, load_plan, start_next_queued
 from sender.config import ConfigError, Settings
 from sender.db import QUERIES, connect, create_pool
 from sender.db.migrate import available_migrations
+from sender.deliverability import Deliverability
 from sender.http import OpsServer
 from sender.logs import get_logger
 from sender.metrics import Metrics
@@ -141,6 +142,10 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"SENDER_HTTP_PORT: cannot listen on {s.http_host}:{s.http_port} "
                               f"({exc.strerror or exc})") from None
+        # -- deliverability (issue 11): public listener, SES events consumer, account guard --
+        self.deliverability = Deliverability(s, self._pool, self.metrics.registry)
+        await self.deliverability.start()
+        # -- end deliverability --
         if self._tune_gc:  # after start-up, so the SES model and pool are frozen too
             tune_gc_for_throughput()
         log.info("daemon_started", instance=s.instance_id, account_cap=self.cap, concurrency=concurrency,
@@ -162,6 +167,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown(force)
+            await self.deliverability.stop()  # deliverability (issue 11)
             await self.ops.stop()
 
     async def _shutdown(self, force: asyncio.Event | None) -> None:

@@ -43,6 +43,7 @@ class Claimed:
     attempts: int
     contact: Contact
     contact_status: str | None
+    suppressed: bool = False
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Claimed:
@@ -50,7 +51,7 @@ class Claimed:
             id=r["id"], email=r["email"], attempts=r["attempts"],
             contact=Contact(email=r["email"], first_name=r["first_name"], last_name=r["last_name"],
                             country=r["country"], attributes=r["attributes"]),
-            contact_status=r["contact_status"],
+            contact_status=r["contact_status"], suppressed=r["suppressed"],
         )
 
 
@@ -442,6 +443,8 @@ class CampaignRunner:
         if row.contact_status and row.contact_status != "subscribed":
             code, text = SKIP_REASONS.get(row.contact_status, ("ContactInactive", "contact not subscribed"))
             return Outcome(row.id, "skipped", row.attempts, error_code=code, error=text)
+        if row.suppressed:
+            return Outcome(row.id, "skipped", row.attempts, error_code="Suppressed", error="address is suppressed")
         email = self._build_email(row)
         if isinstance(email, Outcome):
             return email

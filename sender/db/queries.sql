@@ -77,6 +77,7 @@ INSERT INTO campaign_recipients (campaign_id, contact_id, email)
 SELECT $1, c.id, c.email
   FROM contacts c
  WHERE c.status = 'subscribed' AND (/*RULES*/)
+   AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = lower(c.email))
  ORDER BY c.id
     ON CONFLICT (campaign_id, lower(email)) DO NOTHING
 
@@ -111,7 +112,8 @@ WITH picked AS MATERIALIZED (
     RETURNING r.id, r.contact_id, r.email, r.attempts
 )
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
-       ct.status AS contact_status
+       ct.status AS contact_status,
+       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = lower(c.email)) AS suppressed
   FROM claimed c
   LEFT JOIN contacts ct
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
@@ -133,7 +135,8 @@ WITH picked AS MATERIALIZED (
     RETURNING r.id, r.contact_id, r.email, r.attempts
 )
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
-       ct.status AS contact_status
+       ct.status AS contact_status,
+       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = lower(c.email)) AS suppressed
   FROM claimed c
   LEFT JOIN contacts ct
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
@@ -277,3 +280,182 @@ UPDATE campaign_recipients
    SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now()
  WHERE status = 'sending' AND claimed_by = $1
 RETURNING id
+
+-- ===== deliverability (issue 11): unsubscribe, suppression, SES events, account guard =====
+
+-- unsubscribe_lookup --
+-- The recipient a genuine unsubscribe token names, and its campaign's name for the page.
+SELECT r.email, c.name AS campaign_name
+  FROM campaign_recipients r
+  JOIN campaigns c ON c.id = r.campaign_id
+ WHERE r.id = $2 AND r.campaign_id = $1
+
+-- unsubscribe_apply --
+-- One-click unsubscribe: the contact (if still subscribed) becomes unsubscribed with when and from
+-- which campaign, the recipient row records it once, the campaign counts it once, and the
+-- normalised address ($3) is suppressed. Idempotent: a second POST changes nothing but last_seen.
+WITH r AS (
+    SELECT id, campaign_id, contact_id, email FROM campaign_recipients WHERE id = $2 AND campaign_id = $1
+), ct AS (
+    UPDATE contacts c
+       SET status = 'unsubscribed', unsubscribed_at = now(), unsubscribed_campaign_id = $1, updated_at = now()
+      FROM r
+     WHERE c.id = coalesce(r.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(r.email)))
+       AND c.status = 'subscribed'
+    RETURNING c.id
+), rr AS (
+    UPDATE campaign_recipients x SET unsubscribed_at = now()
+      FROM r WHERE x.id = r.id AND x.unsubscribed_at IS NULL
+    RETURNING x.campaign_id
+), bump AS (
+    UPDATE campaigns c SET unsubscribed_count = c.unsubscribed_count + 1, updated_at = now()
+     WHERE c.id IN (SELECT campaign_id FROM rr)
+), sup AS (
+    INSERT INTO suppressions AS s (email, reason, source, campaign_id)
+    SELECT $3, 'unsubscribed', 'unsubscribe_link', $1 FROM r
+        ON CONFLICT (email) DO UPDATE SET last_seen = now()
+)
+SELECT (SELECT count(*) FROM r) AS found, (SELECT count(*) FROM rr) AS newly
+
+-- suppress_many --
+-- Upsert suppressions from parallel arrays; the first reason recorded for an address stays,
+-- later sightings move last_seen. DISTINCT ON: one address twice in a batch is one row.
+INSERT INTO suppressions AS s (email, reason, source, detail, campaign_id)
+SELECT DISTINCT ON (email) email, reason, source, detail, campaign_id
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+    AS t(email, reason, source, detail, campaign_id)
+ ORDER BY email
+    ON CONFLICT (email) DO UPDATE SET last_seen = now(),
+       detail = coalesce(EXCLUDED.detail, s.detail)
+RETURNING (xmax = 0) AS inserted
+
+-- suppress_remove --
+DELETE FROM suppressions WHERE email = ANY($1::text[]) RETURNING email
+
+-- suppress_list --
+-- Keyset pagination by address, so an export of millions streams in pages.
+SELECT email, reason, source, detail, campaign_id, first_seen, last_seen
+  FROM suppressions
+ WHERE email > $1 AND ($3::text IS NULL OR reason = $3)
+ ORDER BY email
+ LIMIT $2
+
+-- suppress_count --
+SELECT reason, count(*) AS n FROM suppressions GROUP BY reason ORDER BY reason
+
+-- events_record --
+-- Event identities seen for the first time in this batch; the rest are replays and change nothing.
+INSERT INTO ses_events (event_key, event_type, message_id, email)
+SELECT DISTINCT ON (event_key) event_key, event_type, message_id, email
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(event_key, event_type, message_id, email)
+ ORDER BY event_key
+    ON CONFLICT (event_key) DO NOTHING
+RETURNING event_key
+
+-- events_apply_recipients --
+-- A batch of fresh effects onto their recipient rows, matched by SES message id, else by the
+-- campaign_id/recipient_id tags (checked against the address). Each column is set once, so order
+-- does not matter and a late Delivery never clears a Bounce; a Permanent bounce upgrades a soft one.
+-- Campaign counters move by the rows whose state changed, in the same statement.
+WITH ev AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::text[],
+                         $7::text[])
+        AS t(kind, message_id, campaign_id, recipient_id, at, detail, email)
+), matched AS (
+    SELECT coalesce(m.id, g.id) AS rid, ev.kind, coalesce(ev.at, now()) AS at, ev.detail
+      FROM ev
+      LEFT JOIN campaign_recipients m ON m.message_id = ev.message_id
+      LEFT JOIN campaign_recipients g
+        ON m.id IS NULL AND g.id = ev.recipient_id AND g.campaign_id = ev.campaign_id AND lower(g.email) = ev.email
+), locked AS (
+    SELECT r.id, r.delivered_at, r.bounce_type, r.complained_at, r.unsubscribed_at
+      FROM campaign_recipients r
+     WHERE r.id = ANY(ARRAY(SELECT rid FROM matched WHERE rid IS NOT NULL))
+     ORDER BY r.id
+       FOR UPDATE
+), agg AS (
+    SELECT m.rid,
+           min(m.at) FILTER (WHERE m.kind = 'delivered') AS delivered,
+           min(m.at) FILTER (WHERE m.kind IN ('hard_bounce', 'soft_bounce')) AS bounced,
+           bool_or(m.kind = 'hard_bounce') AS hard,
+           min(m.detail) FILTER (WHERE m.kind = 'hard_bounce') AS hard_detail,
+           min(m.detail) FILTER (WHERE m.kind = 'soft_bounce') AS soft_detail,
+           min(m.at) FILTER (WHERE m.kind = 'complaint') AS complained,
+           min(m.detail) FILTER (WHERE m.kind = 'complaint') AS complaint_type,
+           min(m.at) FILTER (WHERE m.kind = 'unsubscribe') AS unsubscribed,
+           min(m.at) FILTER (WHERE m.kind = 'delay') AS delayed,
+           min(m.kind || ': ' || coalesce(m.detail, '')) FILTER (WHERE m.kind IN ('reject', 'rendering_failure'))
+               AS error
+      FROM matched m
+     WHERE m.rid IS NOT NULL
+     GROUP BY m.rid
+), upd AS (
+    UPDATE campaign_recipients r
+       SET delivered_at = coalesce(r.delivered_at, a.delivered),
+           bounced_at = coalesce(r.bounced_at, a.bounced),
+           bounce_type = CASE WHEN a.hard AND coalesce(r.bounce_type, '') NOT LIKE 'Permanent%' THEN a.hard_detail
+                              ELSE coalesce(r.bounce_type, a.soft_detail) END,
+           complained_at = coalesce(r.complained_at, a.complained),
+           complaint_type = coalesce(r.complaint_type, a.complaint_type),
+           unsubscribed_at = coalesce(r.unsubscribed_at, a.unsubscribed),
+           delayed_at = coalesce(r.delayed_at, a.delayed),
+           event_error = coalesce(r.event_error, a.error)
+      FROM agg a
+      JOIN locked l ON l.id = a.rid
+     WHERE r.id = a.rid
+    RETURNING r.campaign_id,
+              (l.delivered_at IS NULL AND a.delivered IS NOT NULL)::int AS delivered,
+              (a.hard AND coalesce(l.bounce_type, '') NOT LIKE 'Permanent%')::int AS hard_bounced,
+              (l.bounce_type IS NULL AND NOT a.hard AND a.bounced IS NOT NULL)::int AS soft_bounced,
+              (l.complained_at IS NULL AND a.complained IS NOT NULL)::int AS complained,
+              (l.unsubscribed_at IS NULL AND a.unsubscribed IS NOT NULL)::int AS unsubscribed
+), tally AS (
+    SELECT campaign_id, sum(delivered)::int AS delivered, sum(hard_bounced)::int AS hard_bounced,
+           sum(soft_bounced)::int AS soft_bounced, sum(complained)::int AS complained,
+           sum(unsubscribed)::int AS unsubscribed
+      FROM upd GROUP BY campaign_id
+), bump AS (
+    UPDATE campaigns c
+       SET delivered_count = c.delivered_count + t.delivered,
+           hard_bounced_count = c.hard_bounced_count + t.hard_bounced,
+           soft_bounced_count = c.soft_bounced_count + t.soft_bounced,
+           complained_count = c.complained_count + t.complained,
+           unsubscribed_count = c.unsubscribed_count + t.unsubscribed
+      FROM tally t
+     WHERE c.id = t.campaign_id
+       AND t.delivered + t.hard_bounced + t.soft_bounced + t.complained + t.unsubscribed > 0
+)
+SELECT * FROM tally
+
+-- events_apply_contacts --
+-- Contacts by address: a complaint wins over a bounce, a bounce over an unsubscribe; never downgraded.
+WITH e AS (
+    SELECT email, bool_or(kind = 'complaint') AS complained, bool_or(kind = 'hard_bounce') AS bounced,
+           bool_or(kind = 'unsubscribe') AS unsubscribed
+      FROM unnest($1::text[], $2::text[]) AS t(kind, email)
+     GROUP BY email
+), target AS (
+    SELECT c.id,
+           CASE WHEN e.complained THEN 'complained'
+                WHEN e.bounced AND c.status IN ('subscribed', 'unsubscribed') THEN 'bounced'
+                WHEN e.unsubscribed AND c.status = 'subscribed' THEN 'unsubscribed'
+                ELSE c.status END AS status
+      FROM e JOIN contacts c ON lower(c.email) = e.email
+)
+UPDATE contacts c
+   SET status = t.status, updated_at = now(),
+       unsubscribed_at = CASE WHEN t.status = 'unsubscribed' THEN now() ELSE c.unsubscribed_at END
+  FROM target t
+ WHERE c.id = t.id AND c.status <> t.status
+
+-- events_soft_bounces_over --
+-- Addresses that reached the soft-bounce limit within the window (the suppression rule).
+SELECT email, count(*) AS n
+  FROM ses_events
+ WHERE event_type = 'soft_bounce' AND email = ANY($1::text[])
+   AND received_at > now() - make_interval(secs => $2::float8 * 86400)
+ GROUP BY email
+HAVING count(*) >= $3
+
+-- events_prune --
+DELETE FROM ses_events WHERE received_at < now() - make_interval(secs => $1::float8 * 86400)

@@ -1,0 +1,48 @@
+"""What one daemon runs for deliverability: the public listener, the SES events consumer and the
+account guard, started and stopped together (the daemon's only hook into this feature)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from sender.config import Settings
+from sender.event_metrics import EventMetrics
+from sender.logs import get_logger
+from sender.public_http import PublicServer
+
+log = get_logger("sender.deliverability")
+
+
+class Deliverability:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = EventMetrics(registry or CollectorRegistry())
+        self.public: PublicServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.public_http_port is not None:
+            from sender.sns import SnsEndpoint
+
+            events = SnsEndpoint(s, self.pool, self.metrics) if s.sns_topic_arns else None
+            self.public = PublicServer(s, self.pool, events=events.handle if events else None,
+                                       on_unsubscribe=self.metrics.unsubscribed)
+            port = await self.public.start()
+            log.info("public_listener_started", address=f"{s.public_http_host}:{port}",
+                     unsubscribe=bool(s.unsubscribe_secret), sns=bool(events))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.public is not None:
+            await self.public.stop()
