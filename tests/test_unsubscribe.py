@@ -3,6 +3,7 @@ suppresses once, bad tokens get one neutral page, big bodies are refused."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -139,3 +140,23 @@ async def test_without_a_secret_every_token_is_neutral(db: asyncpg.Connection, d
     finally:
         await server.stop()
         await pool.close()
+
+
+async def test_browser_loads_the_page_clicks_and_the_contact_is_unsubscribed(db: asyncpg.Connection,
+                                                                             public: str) -> None:
+    """Headless Chromium: the page a person sees, the button they press, the state that follows."""
+    from tests.cdp import chromium, chromium_path
+
+    if chromium_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs it (make chromium)")
+        pytest.skip("chromium not installed: `make chromium`")
+    campaign, recipient, contact = await one_recipient(db)
+    async with chromium(f"{public}/u/{unsubscribe_token(SECRET, campaign, recipient)}") as page:
+        assert "Unsubscribe" in await page.wait_for("document.querySelector('#unsubscribe') && document.body.innerText")
+        assert await db.fetchval("SELECT status FROM contacts WHERE id = $1", contact) == "subscribed"
+        await page.evaluate("document.querySelector('#unsubscribe').click()")
+        text = await page.wait_for("document.querySelector('#done') && document.querySelector('#done').innerText")
+    assert "will receive no more" in text
+    assert await db.fetchval("SELECT status FROM contacts WHERE id = $1", contact) == "unsubscribed"
+    assert await db.fetchval("SELECT reason FROM suppressions WHERE email = 'ada@example.org'") == "unsubscribed"
