@@ -13,6 +13,7 @@ from sender.config import Settings
 from sender.event_metrics import EventMetrics
 from sender.logs import get_logger
 from sender.public_http import PublicServer
+from sender.sns import SnsEndpoint
 
 log = get_logger("sender.deliverability")
 
@@ -23,14 +24,13 @@ class Deliverability:
         self.pool = pool
         self.metrics = EventMetrics(registry or CollectorRegistry())
         self.public: PublicServer | None = None
+        self.sns: SnsEndpoint | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = self.settings
         if s.public_http_port is not None:
-            from sender.sns import SnsEndpoint
-
-            events = SnsEndpoint(s, self.pool, self.metrics) if s.sns_topic_arns else None
+            self.sns = events = SnsEndpoint(s, self.pool, self.metrics) if s.sns_topic_arns else None
             self.public = PublicServer(s, self.pool, events=events.handle if events else None,
                                        on_unsubscribe=self.metrics.unsubscribed)
             port = await self.public.start()
@@ -46,3 +46,5 @@ class Deliverability:
         self._tasks.clear()
         if self.public is not None:
             await self.public.stop()
+        if self.sns is not None:
+            await self.sns.close()

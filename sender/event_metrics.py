@@ -3,7 +3,12 @@ delivered/bounced/complained/unsubscribed. Labels carry event types and campaign
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+if TYPE_CHECKING:
+    from sender.events import Applied
 
 
 class EventMetrics:
@@ -25,3 +30,14 @@ class EventMetrics:
 
     def unsubscribed(self, campaign_id: int) -> None:
         self.campaign_events.labels(campaign_id=str(campaign_id), event="unsubscribed").inc()
+
+    def record(self, applied: Applied) -> None:
+        """Count what a batch did: fresh events by type, and per-campaign state changes."""
+        for kind, n in applied.by_kind.items():
+            self.consumed.labels(type=kind).inc(n)
+        if applied.duplicates:
+            self.consumed.labels(type="duplicate").inc(applied.duplicates)
+        for campaign_id, moved in applied.campaigns.items():
+            for event, n in moved.items():
+                if n:
+                    self.campaign_events.labels(campaign_id=str(campaign_id), event=event).inc(n)
