@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from prometheus_client import CollectorRegistry
 
 from sender.config import Settings
 from sender.event_metrics import EventMetrics
+from sender.events_sqs import SqsConsumer
 from sender.logs import get_logger
 from sender.public_http import PublicServer
 from sender.sns import SnsEndpoint
@@ -25,6 +27,7 @@ class Deliverability:
         self.metrics = EventMetrics(registry or CollectorRegistry())
         self.public: PublicServer | None = None
         self.sns: SnsEndpoint | None = None
+        self.consumer: SqsConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -36,6 +39,26 @@ class Deliverability:
             port = await self.public.start()
             log.info("public_listener_started", address=f"{s.public_http_host}:{port}",
                      unsubscribe=bool(s.unsubscribe_secret), sns=bool(events))
+        if s.events_queue_url:
+            self.consumer = SqsConsumer(s, self.pool, self.metrics)
+            self._tasks.append(asyncio.create_task(self._supervise("ses-events", self.consumer.run),
+                                                   name="ses-events"))
+
+    @staticmethod
+    async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Restart a background loop that failed unexpectedly, with backoff; never take the daemon down."""
+        backoff = 1.0
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("background_task_failed", task=name, error=type(exc).__name__, detail=str(exc)[:200],
+                          retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
 
     async def stop(self) -> None:
         for task in self._tasks:
