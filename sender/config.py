@@ -66,6 +66,7 @@ class Settings:
     guard_min_sample: int = 200
     account_guard_window: int = 10_000
     events_retention_days: float = 30.0
+    guard_interval: float = 5.0
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -187,6 +188,7 @@ def _deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[
         ("SENDER_GUARD_MIN_SAMPLE", "guard_min_sample", 1, True),
         ("SENDER_ACCOUNT_GUARD_WINDOW", "account_guard_window", 1, True),
         ("SENDER_EVENTS_RETENTION_DAYS", "events_retention_days", 1, False),
+        ("SENDER_GUARD_INTERVAL", "guard_interval", 0.05, False),
     ):
         value = _number(env, name, minimum=minimum, integer=integer)
         if value is not None:

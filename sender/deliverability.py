@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sender.config import Settings
 from sender.event_metrics import EventMetrics
 from sender.events_sqs import SqsConsumer
+from sender.guard import AccountGuard
 from sender.logs import get_logger
 from sender.public_http import PublicServer
 from sender.sns import SnsEndpoint
@@ -28,6 +30,7 @@ class Deliverability:
         self.public: PublicServer | None = None
         self.sns: SnsEndpoint | None = None
         self.consumer: SqsConsumer | None = None
+        self.guard = AccountGuard(settings, pool, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -39,10 +42,15 @@ class Deliverability:
             port = await self.public.start()
             log.info("public_listener_started", address=f"{s.public_http_host}:{port}",
                      unsubscribe=bool(s.unsubscribe_secret), sns=bool(events))
+        self._tasks.append(asyncio.create_task(self._supervise("guard", self.guard.run), name="guard"))
         if s.events_queue_url:
             self.consumer = SqsConsumer(s, self.pool, self.metrics)
             self._tasks.append(asyncio.create_task(self._supervise("ses-events", self.consumer.run),
                                                    name="ses-events"))
+
+    def readiness(self) -> dict[str, Any]:
+        """Details for /readyz: campaigns the bounce/complaint guard paused (readiness unaffected)."""
+        return {"guard_paused": self.guard.paused} if self.guard.paused else {}
 
     @staticmethod
     async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:

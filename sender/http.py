@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sender.admin_cli import progress_from
 from sender.campaigns import set_status
 from sender.db import QUERIES
+from sender.guard import deliverability_by_campaign
 from sender.pipeline import DB_ERRORS
 
 if TYPE_CHECKING:
@@ -75,10 +76,12 @@ class OpsServer:
         if not gate.is_open:
             reasons.append({"check": "sending", "code": gate.code, "kind": str(gate.kind) if gate.kind else None,
                             "reason": gate.reason, "since": gate.since})
+        deliverability = getattr(self.daemon, "deliverability", None)  # issue 11: guard pauses, as details
+        details = deliverability.readiness() if deliverability is not None else {}
         if reasons:
-            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+            return web.json_response({"ready": False, "reasons": reasons, **details}, status=503)
         return web.json_response({"ready": True, "instances": self.daemon.instances,
-                                  "rate_limit": round(self.daemon.current_rate(), 3)})
+                                  "rate_limit": round(self.daemon.current_rate(), 3), **details})
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.daemon.refresh_gauges()
@@ -126,6 +129,10 @@ class OpsServer:
             return _error(404, f"campaign {cid} does not exist")
         progress = asdict(progress_from(row))
         progress["recipients_by_status"] = by_status
+        try:  # deliverability (issue 11): delivered, bounced, complained, unsubscribed, rates
+            progress.update((await deliverability_by_campaign(pool, [cid])).get(cid, {}))
+        except DB_ERRORS:
+            return _error(503, "database unreachable")
         return web.json_response(progress)
 
     async def campaign_action(self, request: web.Request) -> web.Response:

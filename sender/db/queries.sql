@@ -459,3 +459,40 @@ HAVING count(*) >= $3
 
 -- events_prune --
 DELETE FROM ses_events WHERE received_at < now() - make_interval(secs => $1::float8 * 86400)
+
+-- campaign_deliverability --
+-- What SES reported per campaign, and what the guard did (campaign status, admin API).
+SELECT id, sent_count, delivered_count, hard_bounced_count, soft_bounced_count, complained_count,
+       unsubscribed_count, paused_reason
+  FROM campaigns
+ WHERE id = ANY($1::bigint[])
+
+-- guard_campaigns --
+-- Sending campaigns with enough sends to judge, not resumed by an operator after a guard pause.
+SELECT id, sent_count, hard_bounced_count, complained_count
+  FROM campaigns
+ WHERE status = 'sending' AND paused_reason IS NULL AND sent_count >= $1
+
+-- guard_account --
+-- Account-wide rates over the most recent campaigns that together hold at least $1 sends.
+WITH recent AS (
+    SELECT sent_count, hard_bounced_count, complained_count,
+           sum(sent_count) OVER (ORDER BY coalesce(started_at, created_at) DESC, id DESC) AS running
+      FROM campaigns
+     WHERE sent_count > 0
+)
+SELECT coalesce(sum(sent_count), 0)::bigint AS sent, coalesce(sum(hard_bounced_count), 0)::bigint AS bounced,
+       coalesce(sum(complained_count), 0)::bigint AS complained
+  FROM recent
+ WHERE running - sent_count < $1
+
+-- guard_pause --
+-- The guard pauses campaigns (one, or with $1 NULL every queued/sending one not exempted) and says why.
+UPDATE campaigns
+   SET status = 'paused', paused_reason = $2, updated_at = now()
+ WHERE status IN ('queued', 'sending') AND paused_reason IS NULL AND ($1::bigint IS NULL OR id = $1)
+RETURNING id
+
+-- guard_paused --
+-- Campaigns paused by the guard and still paused (for /readyz details).
+SELECT id, paused_reason FROM campaigns WHERE status = 'paused' AND paused_reason IS NOT NULL ORDER BY id
