@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from email.utils import parseaddr
 from typing import Any
@@ -124,6 +125,8 @@ class FakeSES:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # deliverability demo (issue 11): called with each accepted message, e.g. to emit SES events
+        self.on_message: Callable[[ReceivedMessage], None] | None = None
 
     # -- control ---------------------------------------------------------------------------
 
@@ -284,6 +287,8 @@ class FakeSES:
             received_at=arrived,
             received_wall=time.time(),
         ))
+        if self.on_message is not None:
+            self.on_message(self.messages[-1])
         await self._delay()
         return web.json_response({"MessageId": message_id})
 
