@@ -15,6 +15,7 @@ QUICK = [
     ["bench.first_send", "--runs", "20"],
     ["bench.materialise", "--contacts", "100000"],
     ["bench.scale", "--recipients", "100000"],
+    ["bench.events", "--events", "100000", "--sqs-events", "10000"],
 ]
 FULL = [
     ["bench.throughput", "--messages", "20000", "--repeats", "3", "--profile"],
@@ -22,6 +23,7 @@ FULL = [
     ["bench.first_send", "--runs", "20"],
     ["bench.materialise", "--contacts", "1000000"],
     ["bench.scale", "--recipients", "1000000"],
+    ["bench.events", "--events", "1000000", "--sqs-events", "100000"],
 ]
 
 

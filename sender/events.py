@@ -25,6 +25,7 @@ from sender.db import QUERIES
 from sender.suppression import suppression_key
 
 MAX_EVENT_BYTES = 300 * 1024
+UNKEYED = frozenset({"delivered"})
 
 
 class EventError(ValueError):
@@ -192,13 +193,17 @@ async def apply_effects(conn: asyncpg.Connection, effects: Sequence[Effect], *, 
     if not effects:
         return applied
     async with conn.transaction():
-        keys = [e.key for e in effects]
+        # Delivery (the bulk: one per message) is idempotent by construction (delivered_at is set
+        # once, counted on that transition), so only the other kinds pay for an identity row.
+        keyed = [e for e in effects if e.kind not in UNKEYED]
         fresh = {r["event_key"] for r in await conn.fetch(
-            QUERIES["events_record"], keys, [e.kind for e in effects], [e.message_id for e in effects],
-            [e.email and suppression_key(e.email) for e in effects])}
+            QUERIES["events_record"], [e.key for e in keyed], [e.kind for e in keyed], [e.message_id for e in keyed],
+            [e.email and suppression_key(e.email) for e in keyed])} if keyed else set()
         todo = []
         for e in effects:  # a key twice in one batch is applied once
-            if e.key in fresh:
+            if e.kind in UNKEYED:
+                todo.append(e)
+            elif e.key in fresh:
                 fresh.discard(e.key)
                 todo.append(e)
         applied.duplicates = len(effects) - len(todo)

@@ -177,3 +177,63 @@ class FakeSQS:
         return {"Attributes": {"ApproximateNumberOfMessages": str(len(queue.ready)),
                                "ApproximateNumberOfMessagesNotVisible": str(queue.in_flight()),
                                "QueueArn": f"arn:aws:sqs:us-east-1:123456789012:{queue.name}"}}
+
+
+async def _fill(request: web.Request) -> web.Response:
+    """Benchmarks: enqueue `count` copies of `template` with `{i}` replaced by start..start+count-1,
+    generated here so the client under test does not pay for producing its own input."""
+    fake: FakeSQS = request.app["fake"]
+    spec = await request.json()
+    queue = fake.queue(spec["queue"])
+    template: str = spec["template"]
+    for i in range(int(spec["start"]), int(spec["start"]) + int(spec["count"])):
+        queue.ready.append(_Message(str(uuid.uuid4()), template.replace("{i}", str(i)), int(time.time() * 1000)))
+    queue.arrived.set()
+    return web.json_response({"ready": len(queue.ready), "deleted": queue.deleted})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    fake: FakeSQS = request.app["fake"]
+    return web.json_response({name: {"ready": len(q.ready), "in_flight": q.in_flight(), "deleted": q.deleted}
+                              for name, q in fake.queues.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sender.fakesqs --port 0 --queue NAME`: prints {"fake_sqs": url, "queue_url": …}."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9324)
+    p.add_argument("--queue", default="ses-events")
+    p.add_argument("--visibility", type=float, default=30.0)
+    args = p.parse_args(argv)
+
+    async def serve() -> None:
+        fake = FakeSQS()
+        app_url = await fake.start(args.host, args.port)
+        control = web.Application(client_max_size=64 * 1024 * 1024)
+        control["fake"] = fake
+        control.router.add_post("/_fake/fill", _fill)
+        control.router.add_get("/_fake/stats", _stats)
+        runner = web.AppRunner(control, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, 0)
+        await site.start()
+        server: Any = site._server
+        control_url = f"http://{args.host}:{server.sockets[0].getsockname()[1]}"
+        queue_url = fake.create_queue(args.queue, args.visibility)
+        print(json.dumps({"fake_sqs": app_url, "queue_url": queue_url, "control": control_url}), flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
