@@ -127,6 +127,8 @@ class FakeSES:
         self.url = ""
         # deliverability demo (issue 11): called with each accepted message, e.g. to emit SES events
         self.on_message: Callable[[ReceivedMessage], None] | None = None
+        # configuration set name -> its event destinations (SES v2 shape), for `sender doctor`
+        self.configuration_sets: dict[str, list[dict[str, Any]]] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -164,6 +166,8 @@ class FakeSES:
         app.router.add_get("/v2/email/account", self._get_account)
         app.router.add_get("/v2/email/identities", self._list_identities)
         app.router.add_get("/v2/email/identities/{name}", self._get_identity)
+        app.router.add_get("/v2/email/configuration-sets/{name}", self._get_configuration_set)  # issue 11
+        app.router.add_get("/v2/email/configuration-sets/{name}/event-destinations", self._get_event_destinations)
         app.router.add_get("/_fake/messages", self._dump_messages)
         app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/_fake/faults", self._set_faults)
@@ -342,6 +346,27 @@ class FakeSES:
                 "BehaviorOnMxFailure": "USE_DEFAULT_VALUE",
             },
         })
+
+    # -- configuration sets (deliverability, issue 11) --------------------------------------------
+
+    def _configuration_set(self, request: web.Request) -> list[dict[str, Any]] | web.Response:
+        name = request.match_info["name"]
+        if name not in self.configuration_sets:
+            return self._error(404, "NotFoundException", f"Configuration set <{name}> does not exist.")
+        return self.configuration_sets[name]
+
+    async def _get_configuration_set(self, request: web.Request) -> web.Response:
+        found = self._configuration_set(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.json_response({"ConfigurationSetName": request.match_info["name"],
+                                  "SendingOptions": {"SendingEnabled": True}})
+
+    async def _get_event_destinations(self, request: web.Request) -> web.Response:
+        found = self._configuration_set(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.json_response({"EventDestinations": found})
 
     async def _dump_messages(self, request: web.Request) -> web.Response:
         return web.json_response({
