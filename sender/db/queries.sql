@@ -113,7 +113,8 @@ WITH picked AS MATERIALIZED (
 )
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
        ct.status AS contact_status,
-       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = lower(c.email)) AS suppressed
+       -- a key probe per claimed row (LIMIT keeps the planner from hashing the whole list)
+       coalesce((SELECT true FROM suppressions s WHERE s.email = lower(c.email) LIMIT 1), false) AS suppressed
   FROM claimed c
   LEFT JOIN contacts ct
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
@@ -136,7 +137,8 @@ WITH picked AS MATERIALIZED (
 )
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
        ct.status AS contact_status,
-       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = lower(c.email)) AS suppressed
+       -- a key probe per claimed row (LIMIT keeps the planner from hashing the whole list)
+       coalesce((SELECT true FROM suppressions s WHERE s.email = lower(c.email) LIMIT 1), false) AS suppressed
   FROM claimed c
   LEFT JOIN contacts ct
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
@@ -362,11 +364,14 @@ WITH ev AS (
                          $7::text[])
         AS t(kind, message_id, campaign_id, recipient_id, at, detail, email)
 ), matched AS (
+    -- LATERAL lookups: one index probe per event, never a hash of the whole table
     SELECT coalesce(m.id, g.id) AS rid, ev.kind, coalesce(ev.at, now()) AS at, ev.detail
       FROM ev
-      LEFT JOIN campaign_recipients m ON m.message_id = ev.message_id
-      LEFT JOIN campaign_recipients g
-        ON m.id IS NULL AND g.id = ev.recipient_id AND g.campaign_id = ev.campaign_id AND lower(g.email) = ev.email
+      LEFT JOIN LATERAL (SELECT r.id FROM campaign_recipients r
+                          WHERE r.message_id = ev.message_id LIMIT 1) m ON true
+      LEFT JOIN LATERAL (SELECT r.id FROM campaign_recipients r
+                          WHERE m.id IS NULL AND r.id = ev.recipient_id AND r.campaign_id = ev.campaign_id
+                            AND lower(r.email) = ev.email) g ON true
 ), locked AS (
     SELECT r.id, r.delivered_at, r.bounce_type, r.complained_at, r.unsubscribed_at
       FROM campaign_recipients r
