@@ -67,6 +67,7 @@ class Settings:
     account_guard_window: int = 10_000
     events_retention_days: float = 30.0
     guard_interval: float = 5.0
+    ses_suppression_sync: bool = False
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -193,6 +194,10 @@ def _deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[
         value = _number(env, name, minimum=minimum, integer=integer)
         if value is not None:
             out[attr] = value
+    sync = env.get("SENDER_SES_SUPPRESSION_SYNC", "").strip().lower()
+    if sync not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"SENDER_SES_SUPPRESSION_SYNC: expected true or false, got {sync[:20]!r}")
+    out["ses_suppression_sync"] = sync in ("1", "true", "yes", "on")
     for name, attr in (("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate"),
                        ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate")):
         if out.get(attr, 0) > 1:

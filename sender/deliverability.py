@@ -43,6 +43,11 @@ class Deliverability:
             log.info("public_listener_started", address=f"{s.public_http_host}:{port}",
                      unsubscribe=bool(s.unsubscribe_secret), sns=bool(events))
         self._tasks.append(asyncio.create_task(self._supervise("guard", self.guard.run), name="guard"))
+        if s.ses_suppression_sync:
+            from sender.ses_suppression import sync_loop
+
+            self._tasks.append(asyncio.create_task(
+                self._supervise("ses-suppression-sync", lambda: sync_loop(s, self.pool)), name="ses-suppression"))
         if s.events_queue_url:
             self.consumer = SqsConsumer(s, self.pool, self.metrics)
             self._tasks.append(asyncio.create_task(self._supervise("ses-events", self.consumer.run),

@@ -129,6 +129,8 @@ class FakeSES:
         self.on_message: Callable[[ReceivedMessage], None] | None = None
         # configuration set name -> its event destinations (SES v2 shape), for `sender doctor`
         self.configuration_sets: dict[str, list[dict[str, Any]]] = {}
+        # account-level suppression list: address -> (reason, last update, epoch seconds)
+        self.suppressed: dict[str, tuple[str, float]] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -168,6 +170,8 @@ class FakeSES:
         app.router.add_get("/v2/email/identities/{name}", self._get_identity)
         app.router.add_get("/v2/email/configuration-sets/{name}", self._get_configuration_set)  # issue 11
         app.router.add_get("/v2/email/configuration-sets/{name}/event-destinations", self._get_event_destinations)
+        app.router.add_put("/v2/email/suppression/addresses", self._put_suppressed)  # issue 11
+        app.router.add_get("/v2/email/suppression/addresses", self._list_suppressed)
         app.router.add_get("/_fake/messages", self._dump_messages)
         app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/_fake/faults", self._set_faults)
@@ -367,6 +371,34 @@ class FakeSES:
         if isinstance(found, web.Response):
             return found
         return web.json_response({"EventDestinations": found})
+
+    async def _put_suppressed(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        address, reason = body.get("EmailAddress", ""), body.get("Reason")
+        if "@" not in address or reason not in ("BOUNCE", "COMPLAINT"):
+            return self._error(400, "BadRequestException", "Invalid email address or reason.")
+        self.suppressed[address.lower()] = (reason, time.time())
+        return web.json_response({})
+
+    async def _list_suppressed(self, request: web.Request) -> web.Response:
+        """Paged by a plain offset token; StartDate filters on the last update (ISO 8601 or epoch)."""
+        start = request.query.get("StartDate")
+        since = 0.0
+        if start:
+            try:
+                since = float(start)
+            except ValueError:
+                from datetime import datetime
+
+                since = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+        items = sorted((a, r, t) for a, (r, t) in self.suppressed.items() if t >= since)
+        offset, size = int(request.query.get("NextToken", "0")), int(request.query.get("PageSize", "1000"))
+        page = items[offset:offset + size]
+        out: dict[str, Any] = {"SuppressedDestinationSummaries": [
+            {"EmailAddress": a, "Reason": r, "LastUpdateTime": t} for a, r, t in page]}
+        if offset + size < len(items):
+            out["NextToken"] = str(offset + size)
+        return web.json_response(out)
 
     async def _dump_messages(self, request: web.Request) -> web.Response:
         return web.json_response({

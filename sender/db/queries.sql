@@ -501,3 +501,19 @@ RETURNING id
 -- guard_paused --
 -- Campaigns paused by the guard and still paused (for /readyz details).
 SELECT id, paused_reason FROM campaigns WHERE status = 'paused' AND paused_reason IS NOT NULL ORDER BY id
+
+-- ses_sync_unpushed --
+-- Local hard suppressions not yet on the SES account-level list.
+SELECT email, reason FROM suppressions
+ WHERE ses_synced_at IS NULL AND reason IN ('bounced', 'complained')
+ ORDER BY first_seen
+ LIMIT $1
+
+-- ses_sync_mark_pushed --
+UPDATE suppressions SET ses_synced_at = now() WHERE email = ANY($1::text[])
+
+-- ses_sync_pulled_until --
+SELECT pulled_until FROM ses_suppression_sync WHERE id = 1
+
+-- ses_sync_set_pulled_until --
+UPDATE ses_suppression_sync SET pulled_until = $1 WHERE id = 1

@@ -55,3 +55,14 @@ CREATE TABLE ses_events (
 -- Soft bounces per address over a window (the suppression rule) and pruning.
 CREATE INDEX ses_events_soft_bounce_idx ON ses_events (email, received_at) WHERE event_type = 'soft_bounce';
 CREATE INDEX ses_events_received_idx ON ses_events (received_at);
+
+-- SES account-level suppression list sync (SENDER_SES_SUPPRESSION_SYNC): when a local hard
+-- suppression was pushed, and where the last import from SES stopped.
+ALTER TABLE suppressions ADD COLUMN ses_synced_at timestamptz;
+CREATE INDEX suppressions_unsynced_idx ON suppressions (first_seen)
+    WHERE ses_synced_at IS NULL AND reason IN ('bounced', 'complained');
+CREATE TABLE ses_suppression_sync (
+    id             smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    pulled_until   timestamptz
+);
+INSERT INTO ses_suppression_sync (id) VALUES (1);
