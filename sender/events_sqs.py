@@ -52,10 +52,12 @@ class SqsConsumer:
         s = self.settings
         session = aioboto3.Session()
         config = Config(retries={"total_max_attempts": 3, "mode": "standard"}, connect_timeout=5,
-                        read_timeout=self.wait_seconds + 10, max_pool_connections=s.events_receivers + 4)
+                        read_timeout=self.wait_seconds + 10, max_pool_connections=s.events_receivers + 16,
+                        parameter_validation=False)
         async with session.client("sqs", region_name=s.region, endpoint_url=s.sqs_endpoint_url,
                                   config=config) as sqs:
-            queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=max(20, s.events_batch * 2))
+            # one item per receive call (up to 10 messages), so deletes go back ten at a time
+            queue: asyncio.Queue[list[Received]] = asyncio.Queue(maxsize=max(4, s.events_batch // 5))
             tasks = [asyncio.create_task(self._receive(sqs, queue), name=f"sqs-receive-{i}")
                      for i in range(s.events_receivers)]
             tasks.append(asyncio.create_task(self._apply_loop(sqs, queue), name="sqs-apply"))
@@ -68,7 +70,7 @@ class SqsConsumer:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _receive(self, sqs: Any, queue: asyncio.Queue[Received]) -> None:
+    async def _receive(self, sqs: Any, queue: asyncio.Queue[list[Received]]) -> None:
         backoff = 1.0
         while True:
             await self._healthy.wait()
@@ -85,10 +87,9 @@ class SqsConsumer:
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 1.0
-            for message in resp.get("Messages", []):
-                item = self._parse(message)
-                if item is not None:
-                    await queue.put(item)
+            unit = [item for message in resp.get("Messages", []) if (item := self._parse(message)) is not None]
+            if unit:
+                await queue.put(unit)
 
     def _parse(self, message: dict[str, Any]) -> Received | None:
         try:
@@ -103,18 +104,18 @@ class SqsConsumer:
         sent_at = int(sent) / 1000 if isinstance(sent, str) and sent.isdigit() else None
         return Received(message["ReceiptHandle"], effects, sent_at)
 
-    async def _apply_loop(self, sqs: Any, queue: asyncio.Queue[Received]) -> None:
+    async def _apply_loop(self, sqs: Any, queue: asyncio.Queue[list[Received]]) -> None:
         limit = self.settings.events_batch
         while True:
-            batch = [await queue.get()]
+            units = [await queue.get()]
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):  # a moment for the other receivers' batches
-                    while len(batch) < limit:
-                        batch.append(await queue.get())
-            while len(batch) < limit and not queue.empty():
-                batch.append(queue.get_nowait())
-            await self._apply(sqs, batch)
-            await self._delete(sqs, [item.receipt for item in batch])
+                async with asyncio.timeout(0.02):  # a moment for the other receivers' batches
+                    while sum(map(len, units)) < limit:
+                        units.append(await queue.get())
+            while sum(map(len, units)) < limit and not queue.empty():
+                units.append(queue.get_nowait())
+            await self._apply(sqs, [item for unit in units for item in unit])
+            await asyncio.gather(*(self._delete(sqs, [item.receipt for item in unit]) for unit in units))
 
     async def _apply(self, sqs: Any, batch: list[Received]) -> None:
         """Commit the batch, retrying through database outages while keeping its messages hidden
