@@ -10,6 +10,7 @@ import sys
 import asyncpg
 
 from sender.config import Settings
+from sender.db.migrate import available_migrations
 from sender.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 
@@ -79,7 +80,7 @@ async def test_migrate_is_idempotent_and_tracked(db_url: str, db: asyncpg.Connec
         assert proc.returncode == 0, err.decode()
         assert out.decode().strip() == "database is up to date"
     versions = [r["version"] for r in await db.fetch("SELECT version FROM sender_migrations")]
-    assert versions == ["0001_schema"]
+    assert versions == [v for v, _ in available_migrations()]  # every migration file, once
 
 
 async def test_migrate_on_empty_database_applies_everything(pg_admin_dsn: str) -> None:
@@ -118,8 +119,8 @@ async def test_run_refuses_an_unmigrated_database(pg_admin_dsn: str, settings: S
         await admin.close()
     assert proc.returncode == 2
     assert stderr.decode().strip().splitlines()[-1] == (
-        "sender: configuration error: DATABASE_URL: the schema is not up to date (missing 0001_schema): "
-        "run `sender migrate`")
+        "sender: configuration error: DATABASE_URL: the schema is not up to date (missing "
+        f"{', '.join(v for v, _ in available_migrations())}): run `sender migrate`")
 
 
 async def test_run_names_the_port_when_it_is_taken(db_url: str, settings: Settings) -> None:
