@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aioboto3
 import asyncpg
@@ -25,6 +27,16 @@ from sender.logs import get_logger
 from sender.pipeline import DB_ERRORS
 
 log = get_logger("sender.events_sqs")
+
+
+_QUEUE_HOST = re.compile(r"^sqs\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+
+
+def queue_region(url: str) -> str | None:
+    """The region in an AWS queue URL (https://sqs.eu-west-1.amazonaws.com/…): the queue may live
+    outside the SES region."""
+    match = _QUEUE_HOST.match(urlsplit(url).hostname or "")
+    return match.group(1) if match else None
 
 
 @dataclass(slots=True)
@@ -54,8 +66,8 @@ class SqsConsumer:
         config = Config(retries={"total_max_attempts": 3, "mode": "standard"}, connect_timeout=5,
                         read_timeout=self.wait_seconds + 10, max_pool_connections=s.events_receivers + 16,
                         parameter_validation=False)
-        async with session.client("sqs", region_name=s.region, endpoint_url=s.sqs_endpoint_url,
-                                  config=config) as sqs:
+        region = queue_region(self.url) or s.region
+        async with session.client("sqs", region_name=region, endpoint_url=s.sqs_endpoint_url, config=config) as sqs:
             # one item per receive call (up to 10 messages), so deletes go back ten at a time
             queue: asyncio.Queue[list[Received]] = asyncio.Queue(maxsize=max(4, s.events_batch // 5))
             tasks = [asyncio.create_task(self._receive(sqs, queue), name=f"sqs-receive-{i}")

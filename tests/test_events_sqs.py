@@ -145,3 +145,12 @@ async def test_database_outage_keeps_messages_until_applied(db: asyncpg.Connecti
 
 async def _gt(value: float, limit: float) -> bool:
     return value > limit
+
+
+def test_queue_region_comes_from_an_aws_queue_url_only() -> None:
+    from sender.events_sqs import queue_region
+
+    assert queue_region("https://sqs.eu-west-1.amazonaws.com/123456789012/ses-events") == "eu-west-1"
+    assert queue_region("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/ses-events") == "cn-north-1"
+    assert queue_region("http://127.0.0.1:4566/000000000000/ses-events") is None
+    assert queue_region("https://sqs.us-east-1.amazonaws.com.evil.example/1/q") is None
