@@ -74,6 +74,7 @@ class DeliverabilityDemo:
         self.bounce_share = bounce_share
         self.complaint_share = complaint_share
         self.emitted = 0
+        self.event_delay = 1.5
         self.queue_url = ""
 
     async def start(self, fake: FakeSES, settings: Settings) -> Settings:
@@ -82,9 +83,13 @@ class DeliverabilityDemo:
         self.queue_url = self.sqs.create_queue("ses-events")
         queue = self.sqs.queue(self.queue_url)
 
+        loop = asyncio.get_running_loop()
+
         def emit(message: ReceivedMessage) -> None:
-            queue.send(json.dumps(ses_event(message, event_kind(message.to[0], self.bounce_share,
-                                                                self.complaint_share))))
+            body = json.dumps(ses_event(message, event_kind(message.to[0], self.bounce_share, self.complaint_share)))
+            # SES publishes events seconds after it accepts a message, after the daemon has
+            # recorded the message id; an instant event would race the write-back for the row
+            loop.call_later(self.event_delay, queue.send, body)
             self.emitted += 1
 
         fake.on_message = emit
