@@ -224,3 +224,32 @@ async def test_hostile_bodies(db: asyncpg.Connection, certs: CertServer, endpoin
     status, answer = await post(url, unknown)
     assert status == 400 and "unknown event type" in answer["error"]
     assert await db.fetchval("SELECT count(*) FROM ses_events") == 0
+
+
+async def test_daemon_serves_the_public_routes_next_to_the_private_ones(db: asyncpg.Connection,
+                                                                         settings: Settings) -> None:
+    """The daemon's hook: public listener with /u and /ses/events; admin and metrics stay private."""
+    from tests.helpers import running_daemon, wait_for
+
+    async def started() -> bool:
+        return daemon.ready.is_set()
+
+    configured = settings.with_overrides(public_http_port=0, sns_topic_arns=(TOPIC,), unsubscribe_secret="k",
+                                         admin_token="t")
+    async with running_daemon(configured) as daemon:
+        await wait_for(started)
+        public = daemon.deliverability.public
+        assert public is not None and public.port
+        base = f"http://127.0.0.1:{public.port}"
+        async with aiohttp.ClientSession() as http:
+            unsigned = json.dumps(notification(ev.send("m", "a@example.com")))
+            async with http.post(f"{base}/ses/events", data=unsigned) as r:
+                assert r.status == 400  # unsigned: refused, but the route is there
+            async with http.get(f"{base}/u/1.2.{'A' * 22}") as r:
+                assert r.status == 400
+            for private in ("/metrics", "/readyz", "/campaigns/1"):
+                async with http.get(base + private) as r:
+                    assert r.status == 404
+            async with http.get(f"http://127.0.0.1:{daemon.ops.port}/metrics") as r:
+                assert 'sender_ses_events_failed_total{reason="malformed"} 1.0' in await r.text()
+    assert await db.fetchval("SELECT count(*) FROM ses_events") == 0
