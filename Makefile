@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-full clean pgbouncer promtool
+.PHONY: demo test lint bench bench-full clean tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/sender demo
 
-test: $(VENV)/.installed-test pgbouncer promtool
+test: $(VENV)/.installed-test tools
 	$(BIN)/ruff check sender tests bench
 	$(BIN)/mypy sender
 	$(BIN)/pytest -q
@@ -30,26 +30,26 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check sender tests bench
 	$(BIN)/mypy sender
 
-bench: $(VENV)/.installed-test pgbouncer
+bench: $(VENV)/.installed-test tools
 	$(BIN)/python -m bench.run --quick
 
-bench-full: $(VENV)/.installed-test pgbouncer
+bench-full: $(VENV)/.installed-test tools
 	$(BIN)/python -m bench.run --full
-
-# Debian's pgbouncer for the pooler tests and benchmark (tests/pgbouncer.py starts its own instance).
-pgbouncer:
-	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { \
-	  echo "installing pgbouncer (Debian package) for the PgBouncer tests"; \
-	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends pgbouncer; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# promtool (Debian's prometheus package) checks and unit-tests config/prometheus/sender-rules.yml.
-# Installed when missing; the package's own Prometheus service is stopped and disabled if it started.
-promtool:
-	@command -v promtool >/dev/null || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends prometheus \
-	  && { systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true; }; }
-	@promtool --version | head -1
+# The Debian packages the suite drives for real, installed in one apt-get run when any is missing:
+# pgbouncer (pooler tests), prometheus for promtool (alert rules and dashboard expressions) and
+# chromium (the unsubscribe page in a browser). The prometheus package's own service is stopped.
+TOOLS := pgbouncer:pgbouncer promtool:prometheus chromium:chromium
+tools:
+	@missing=""; for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=600 \
+	    install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  { $$SUDO systemctl disable --now prometheus 2>/dev/null || $$SUDO service prometheus stop 2>/dev/null || true; }; \
+	fi

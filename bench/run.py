@@ -19,6 +19,9 @@ QUICK = [
 
 
     ["bench.pgbouncer", "--messages", "5000", "--repeats", "2"],
+
+
+    ["bench.events", "--events", "100000", "--sqs-events", "10000"],
 ]
 FULL = [
     ["bench.throughput", "--messages", "20000", "--repeats", "3", "--profile"],
@@ -30,6 +33,9 @@ FULL = [
 
 
     ["bench.pgbouncer", "--messages", "20000", "--repeats", "3"],
+
+
+    ["bench.events", "--events", "1000000", "--sqs-events", "100000"],
 ]
 
 

@@ -15,6 +15,7 @@ import asyncpg
 from sender.campaigns import CampaignProblem, TransitionRefused, apply_action, load_plan
 from sender.config import ConfigError, Settings
 from sender.db import QUERIES, connect
+from sender.guard import deliverability_by_campaign, format_deliverability
 from sender.logs import mask_email
 from sender.progress import format_progress, progress_from
 from sender.render import Contact
@@ -59,11 +60,12 @@ async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextI
             print(f"sender: campaign {args.id} does not exist", file=sys.stderr)
             return 1
         progress = [progress_from(r) for r in rows if r is not None]
+        events = await deliverability_by_campaign(conn, [p.id for p in progress])  # deliverability (issue 11)
         if args.json:
-            out.write(json.dumps([asdict(p) for p in progress]) + "\n")
+            out.write(json.dumps([{**asdict(p), **events.get(p.id, {})} for p in progress]) + "\n")
         else:
             stamp = datetime.now().strftime("%H:%M:%S")
-            body = "\n".join(format_progress(p) for p in progress)
+            body = "\n".join(format_progress(p) + format_deliverability(events.get(p.id)) for p in progress)
             out.write(f"{body}\n({stamp})\n" if progress else "no campaigns\n")
         out.flush()
         active = any(p.status in ("queued", "sending") for p in progress)

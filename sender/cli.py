@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true", help="refresh until the campaign finishes")
     status.add_argument("--json", action="store_true")
 
+    from sender.suppress_cli import add_parser as add_suppress_parser  # deliverability (issue 11)
+
+    add_suppress_parser(sub)
+
     test = sub.add_parser("send-test", help="render and send one campaign message to one address")
     test.add_argument("--campaign", type=int, required=True)
     test.add_argument("--to", required=True)
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             from sender.admin_cli import campaign_command
 
             return _run_async(lambda: campaign_command(settings, args))
+        if args.command == "suppress":  # deliverability (issue 11)
+            from sender.suppress_cli import suppress_command
+
+            return _run_async(lambda: suppress_command(settings, args))
         if args.command == "send-test":
             from sender.admin_cli import send_test
 

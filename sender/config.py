@@ -67,6 +67,26 @@ class Settings:
     idle_poll_interval: float = 2.0
     db_unhealthy_seconds: float = 30.0
     db_retry_max_seconds: float = 10.0
+
+
+    # -- deliverability (issue 11): public listener, SES events, suppression, account guard --
+    public_http_host: str = "127.0.0.1"
+    public_http_port: int | None = None
+    public_base_url: str | None = None
+    events_queue_url: str | None = None
+    events_receivers: int = 3
+    events_batch: int = 500
+    sqs_endpoint_url: str | None = None
+    sns_topic_arns: tuple[str, ...] = ()
+    soft_bounce_limit: int = 3
+    soft_bounce_days: float = 30.0
+    max_bounce_rate: float = 0.04
+    max_complaint_rate: float = 0.0008
+    guard_min_sample: int = 200
+    account_guard_window: int = 10_000
+    events_retention_days: float = 30.0
+    guard_interval: float = 5.0
+    ses_suppression_sync: bool = False
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -163,6 +183,64 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Issue 11 settings: public listener, SES events, suppression rules and the account guard."""
+    from sender.tokens import check_unsubscribe_url
+
+    out: dict[str, Any] = {}
+    if host := _optional(env, "SENDER_PUBLIC_HTTP_HOST"):
+        out["public_http_host"] = host
+    port = _number(env, "SENDER_PUBLIC_HTTP_PORT", minimum=0, integer=True)
+    if port is not None:
+        if port > 65535:
+            raise ConfigError(f"SENDER_PUBLIC_HTTP_PORT: must be at most 65535, got {port}")
+        out["public_http_port"] = port
+    base = _optional(env, "SENDER_PUBLIC_BASE_URL")
+    if base:
+        if not base.startswith(("https://", "http://")):
+            raise ConfigError("SENDER_PUBLIC_BASE_URL: expected an http(s) URL, e.g. https://mail.example.com")
+        out["public_base_url"] = base.rstrip("/")
+        if not changes.get("unsubscribe_url") and changes.get("unsubscribe_secret"):
+            out["unsubscribe_url"] = base.rstrip("/") + "/u/{token}"
+    url = out.get("unsubscribe_url") or changes.get("unsubscribe_url")
+    if url and (problem := check_unsubscribe_url(url)):
+        raise ConfigError(f"UNSUBSCRIBE_URL: {problem}")
+    if queue := _optional(env, "SENDER_EVENTS_QUEUE_URL"):
+        if not queue.startswith(("https://", "http://")):
+            raise ConfigError("SENDER_EVENTS_QUEUE_URL: expected the queue's https:// URL")
+        out["events_queue_url"] = queue
+    out["sqs_endpoint_url"] = _optional(env, "AWS_ENDPOINT_URL_SQS") or _optional(env, "AWS_ENDPOINT_URL")
+    arns = tuple(a.strip() for a in env.get("SENDER_SNS_TOPIC_ARNS", "").split(",") if a.strip())
+    for arn in arns:
+        if not arn.startswith("arn:aws") or arn.count(":") != 5:
+            raise ConfigError(f"SENDER_SNS_TOPIC_ARNS: not a topic ARN: {arn[:100]!r}")
+    out["sns_topic_arns"] = arns
+    for name, attr, minimum, integer in (
+        ("SENDER_EVENTS_RECEIVERS", "events_receivers", 1, True),
+        ("SENDER_EVENTS_BATCH", "events_batch", 1, True),
+        ("SENDER_SOFT_BOUNCE_LIMIT", "soft_bounce_limit", 1, True),
+        ("SENDER_SOFT_BOUNCE_DAYS", "soft_bounce_days", 0.01, False),
+        ("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate", 0, False),
+        ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate", 0, False),
+        ("SENDER_GUARD_MIN_SAMPLE", "guard_min_sample", 1, True),
+        ("SENDER_ACCOUNT_GUARD_WINDOW", "account_guard_window", 1, True),
+        ("SENDER_EVENTS_RETENTION_DAYS", "events_retention_days", 1, False),
+        ("SENDER_GUARD_INTERVAL", "guard_interval", 0.05, False),
+    ):
+        value = _number(env, name, minimum=minimum, integer=integer)
+        if value is not None:
+            out[attr] = value
+    sync = env.get("SENDER_SES_SUPPRESSION_SYNC", "").strip().lower()
+    if sync not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"SENDER_SES_SUPPRESSION_SYNC: expected true or false, got {sync[:20]!r}")
+    out["ses_suppression_sync"] = sync in ("1", "true", "yes", "on")
+    for name, attr in (("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate"),
+                       ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate")):
+        if out.get(attr, 0) > 1:
+            raise ConfigError(f"{name}: a fraction between 0 and 1 (0.04 means 4%), got {out[attr]}")
+    return out
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad variable."""
     if env is None:
@@ -217,6 +295,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
             changes[attr] = value
     if changes.get("rate_headroom", 0) >= 0.5:
         raise ConfigError("SENDER_RATE_HEADROOM: must be below 0.5 (a fraction of the cap)")
+    changes.update(_deliverability(env, changes))
     if changes["unsubscribe_url"]:
         url = changes["unsubscribe_url"]
         if "{token}" not in url or not url.startswith(("https://", "http://")):

@@ -27,6 +27,7 @@ from sender.db.health import DatabaseHealth
 from sender.db.migrate import available_migrations
 from sender.db.pool import connection_budget, open_pool
 from sender.db.wakeups import Wakeups
+from sender.deliverability import Deliverability
 from sender.delivery import SendContext
 from sender.heartbeat import Heartbeat
 from sender.http import OpsServer
@@ -89,6 +90,7 @@ class Daemon:
         self.busy = True  # anything queued, sending or cancelling: poll fast when LISTEN is unavailable
         self.exit_code = 0
         self._stopping: set[asyncio.Task[None]] = set()
+        self.deliverability: Deliverability | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -157,12 +159,15 @@ class Daemon:
         log.info("daemon_started", instance=s.instance_id, account_cap=self.rate.cap,
                  concurrency=self._ctx.concurrency, http=f"{s.http_host}:{port}", sandbox=self.rate.sandbox)
         self._start_tasks(ses)
+        self.deliverability = Deliverability(s, self.pool, self.metrics.registry)
+        await self.deliverability.start(self.supervisor)  # public listener, SES events, bounce guard
         try:
             await self._stop.wait()
         finally:
             log.info("shutdown_started", in_flight=self._ctx.in_flight())
             self.notifier.notify("STOPPING=1", "STATUS=draining in-flight sends")
             await self._shutdown(force)
+            await self.deliverability.stop()
 
     def _context(self, ses: SesClient) -> SendContext:
         s = self.settings

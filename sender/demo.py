@@ -17,6 +17,7 @@ from sender.config import Settings
 from sender.daemon import Daemon
 from sender.db import QUERIES, connect
 from sender.db.migrate import migrate
+from sender.demo_deliverability import DeliverabilityDemo, format_loop
 from sender.fakeses import Account, FakeSES
 from sender.progress import achieved_rate, bar
 
@@ -43,6 +44,7 @@ class DemoResult:
     configured_rate: float
     throttled: int
     max_in_window: int
+    deliverability: str = ""  # issue 11: the events / unsubscribe / suppression loop
 
 
 async def seed(conn: Any, recipients: int) -> int:
@@ -99,6 +101,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
     fake = FakeSES(account=Account(max_send_rate=rate, max_24h=max(50_000.0, recipients * 2.0)),
                    latency=latency, jitter=latency / 3, check_identities=True)
     fake.add_identity("demo.example.com")
+    loop = DeliverabilityDemo()
     url = await fake.start()
     # the fake accepts any signature; never hand real credentials to it
     os.environ["AWS_ACCESS_KEY_ID"] = "demo"
@@ -111,6 +114,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
                   f"campaign {campaign_id} queued for {recipients} recipients\n")
         settings = settings.with_overrides(database_url=dsn, endpoint_url=url, from_email=DEMO_FROM,
                                            max_rate=None, poll_interval=0.25, http_port=0)
+        settings = await loop.start(fake, settings)  # deliverability (issue 11): events queue, public listener
         daemon = Daemon(settings, tune_gc=True)
         stop, done = asyncio.Event(), asyncio.Event()
         started = time.monotonic()
@@ -119,6 +123,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
         finished_wait = asyncio.create_task(done.wait())
         await asyncio.wait({daemon_task, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
         duration = time.monotonic() - started
+        story = await loop.after_first_campaign(conn, fake, campaign_id, out) if not daemon_task.done() else None
         stop.set()
         await daemon_task
         await progress
@@ -129,11 +134,12 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
             campaign_id=campaign_id, status=row["status"], sent=row["sent_count"],
             failed=row["failed_count"], skipped=row["skipped_count"], duration=duration,
             achieved_rate=achieved, configured_rate=rate, throttled=fake.throttled_count(),
-            max_in_window=fake.max_in_any_window(),
+            max_in_window=fake.max_in_any_window(), deliverability=format_loop(story) if story else "",
         )
     finally:
         await conn.close()
         await fake.stop()
+        await loop.stop()
         if server is not None:
             server._cleanup()
 
@@ -142,4 +148,5 @@ def format_summary(r: DemoResult) -> str:
     return (f"campaign {r.campaign_id} {r.status}: sent={r.sent} failed={r.failed} skipped={r.skipped} "
             f"duration={r.duration:.1f}s achieved_rate={r.achieved_rate:.1f}/s "
             f"configured_rate={r.configured_rate:g}/s ({100 * r.achieved_rate / r.configured_rate:.1f}%) "
-            f"throttled={r.throttled} max_in_any_1s_window={r.max_in_window}")
+            f"throttled={r.throttled} max_in_any_1s_window={r.max_in_window}"
+            + (f"\n{r.deliverability}" if r.deliverability else ""))

@@ -119,6 +119,9 @@ async def run_checks(settings: Settings, client: Any, resolver: Resolver) -> Rep
                         data={"identities": len(listed.get("EmailIdentities", []))}))
     checks += await _account_checks(client)
     checks += await _identity_checks(settings, client, resolver)
+    from sender.doctor_deliverability import deliverability_checks  # issue 11: events, queue, public endpoint
+
+    checks += await deliverability_checks(settings, client)
     return Report(region=region, checks=checks)
 
 

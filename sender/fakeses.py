@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from email.utils import parseaddr
 from typing import Any
@@ -125,6 +126,12 @@ class FakeSES:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # deliverability demo (issue 11): called with each accepted message, e.g. to emit SES events
+        self.on_message: Callable[[ReceivedMessage], None] | None = None
+        # configuration set name -> its event destinations (SES v2 shape), for `sender doctor`
+        self.configuration_sets: dict[str, list[dict[str, Any]]] = {}
+        # account-level suppression list: address -> (reason, last update, epoch seconds)
+        self.suppressed: dict[str, tuple[str, float]] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -162,6 +169,10 @@ class FakeSES:
         app.router.add_get("/v2/email/account", self._get_account)
         app.router.add_get("/v2/email/identities", self._list_identities)
         app.router.add_get("/v2/email/identities/{name}", self._get_identity)
+        app.router.add_get("/v2/email/configuration-sets/{name}", self._get_configuration_set)  # issue 11
+        app.router.add_get("/v2/email/configuration-sets/{name}/event-destinations", self._get_event_destinations)
+        app.router.add_put("/v2/email/suppression/addresses", self._put_suppressed)  # issue 11
+        app.router.add_get("/v2/email/suppression/addresses", self._list_suppressed)
         app.router.add_get("/_fake/messages", self._dump_messages)
         app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/_fake/faults", self._set_faults)
@@ -286,6 +297,8 @@ class FakeSES:
             received_at=arrived,
             received_wall=time.time(),
         ))
+        if self.on_message is not None:
+            self.on_message(self.messages[-1])
         await self._delay()
         return web.json_response({"MessageId": message_id})
 
@@ -340,6 +353,55 @@ class FakeSES:
                 "BehaviorOnMxFailure": "USE_DEFAULT_VALUE",
             },
         })
+
+    # -- configuration sets (deliverability, issue 11) --------------------------------------------
+
+    def _configuration_set(self, request: web.Request) -> list[dict[str, Any]] | web.Response:
+        name = request.match_info["name"]
+        if name not in self.configuration_sets:
+            return self._error(404, "NotFoundException", f"Configuration set <{name}> does not exist.")
+        return self.configuration_sets[name]
+
+    async def _get_configuration_set(self, request: web.Request) -> web.Response:
+        found = self._configuration_set(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.json_response({"ConfigurationSetName": request.match_info["name"],
+                                  "SendingOptions": {"SendingEnabled": True}})
+
+    async def _get_event_destinations(self, request: web.Request) -> web.Response:
+        found = self._configuration_set(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.json_response({"EventDestinations": found})
+
+    async def _put_suppressed(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        address, reason = body.get("EmailAddress", ""), body.get("Reason")
+        if "@" not in address or reason not in ("BOUNCE", "COMPLAINT"):
+            return self._error(400, "BadRequestException", "Invalid email address or reason.")
+        self.suppressed[address.lower()] = (reason, time.time())
+        return web.json_response({})
+
+    async def _list_suppressed(self, request: web.Request) -> web.Response:
+        """Paged by a plain offset token; StartDate filters on the last update (ISO 8601 or epoch)."""
+        start = request.query.get("StartDate")
+        since = 0.0
+        if start:
+            try:
+                since = float(start)
+            except ValueError:
+                from datetime import datetime
+
+                since = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+        items = sorted((a, r, t) for a, (r, t) in self.suppressed.items() if t >= since)
+        offset, size = int(request.query.get("NextToken", "0")), int(request.query.get("PageSize", "1000"))
+        page = items[offset:offset + size]
+        out: dict[str, Any] = {"SuppressedDestinationSummaries": [
+            {"EmailAddress": a, "Reason": r, "LastUpdateTime": t} for a, r, t in page]}
+        if offset + size < len(items):
+            out["NextToken"] = str(offset + size)
+        return web.json_response(out)
 
     async def _dump_messages(self, request: web.Request) -> web.Response:
         return web.json_response({

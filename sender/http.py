@@ -18,6 +18,8 @@ from sender.campaigns import ACTIONS, TransitionRefused, apply_action
 from sender.config import Settings
 from sender.db import DB_ERRORS, QUERIES
 from sender.db.health import DatabaseHealth
+from sender.deliverability import Deliverability
+from sender.guard import deliverability_by_campaign
 from sender.metrics import Metrics
 from sender.progress import progress_from
 
@@ -30,6 +32,7 @@ class DaemonView(Protocol):
     db_ok: bool
     db_health: DatabaseHealth
     ready: asyncio.Event
+    deliverability: Deliverability | None
 
     @property
     def pool(self) -> asyncpg.Pool: ...
@@ -101,10 +104,12 @@ class OpsServer:
         if not gate.is_open:
             reasons.append({"check": "sending", "code": gate.code, "kind": str(gate.kind) if gate.kind else None,
                             "reason": gate.reason, "since": gate.since})
+        deliverability = self.daemon.deliverability  # guard pauses, as details
+        details = deliverability.readiness() if deliverability is not None else {}
         if reasons:
-            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+            return web.json_response({"ready": False, "reasons": reasons, **details}, status=503)
         return web.json_response({"ready": True, "instances": self.daemon.live_instances(),
-                                  "rate_limit": round(self.daemon.current_rate(), 3)})
+                                  "rate_limit": round(self.daemon.current_rate(), 3), **details})
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.daemon.refresh_gauges()
@@ -155,6 +160,10 @@ class OpsServer:
             return _error(404, f"campaign {cid} does not exist")
         progress = asdict(progress_from(row))
         progress["recipients_by_status"] = by_status
+        try:  # deliverability (issue 11): delivered, bounced, complained, unsubscribed, rates
+            progress.update((await deliverability_by_campaign(pool, [cid])).get(cid, {}))
+        except DB_ERRORS:
+            return _error(503, "database unreachable")
         return web.json_response(progress)
 
     async def campaign_action(self, request: web.Request) -> web.Response:

@@ -16,8 +16,9 @@ import asyncpg
 from sender.addresses import AddressError, normalise_address
 from sender.campaigns import CampaignPlan
 from sender.config import Settings
-from sender.render import Contact, TemplateProblem, unsubscribe_token
+from sender.render import Contact, TemplateProblem
 from sender.ses import OutgoingEmail
+from sender.tokens import unsubscribe_token
 
 
 @dataclass(slots=True)
@@ -30,6 +31,7 @@ class Claimed:
     contact: Contact
     contact_status: str | None
     contact_deleted: bool = False
+    suppressed: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -39,6 +41,7 @@ class Claimed:
             contact=Contact(email=r["email"], first_name=r["first_name"], last_name=r["last_name"],
                             country=r["country"], attributes=r["attributes"]),
             contact_status=r["contact_status"], contact_deleted=bool(r["contact_deleted"]),
+            suppressed=bool(r["suppressed"]),
         )
 
 
@@ -97,6 +100,8 @@ def skip_reason(row: Claimed) -> Outcome | None:
     if row.contact_status and row.contact_status != "subscribed":
         code, text = SKIP_REASONS.get(row.contact_status, ("ContactInactive", "contact not subscribed"))
         return Outcome(row.id, "skipped", row.attempts, error_code=code, error=text)
+    if row.suppressed:
+        return Outcome(row.id, "skipped", row.attempts, error_code="Suppressed", error="address is suppressed")
     return None
 
 

@@ -7,9 +7,6 @@ so no template can freeze the daemon; whatever a hostile template raises becomes
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import operator
 import re
 from collections.abc import Mapping
@@ -373,20 +370,3 @@ def _unescape(text: str) -> str:
     if text.count("&") > 10_000:
         return text.replace("&amp;", "&")  # last, so "&amp;lt;" stays "&lt;"
     return unescape(text)
-
-
-def unsubscribe_token(secret: str, campaign_id: int, recipient_id: int) -> str:
-    """`<campaign>.<recipient>.<mac>`: identifies the recipient; the main app verifies the MAC."""
-    payload = f"{campaign_id}.{recipient_id}"
-    mac = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()[:16]
-    return f"{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
-
-
-def verify_unsubscribe_token(secret: str, token: str) -> tuple[int, int] | None:
-    """(campaign_id, recipient_id) when the token is genuine, else None."""
-    try:
-        campaign, recipient, _ = token.split(".")
-        expected = unsubscribe_token(secret, int(campaign), int(recipient))
-    except ValueError:
-        return None
-    return (int(campaign), int(recipient)) if hmac.compare_digest(expected, token) else None

@@ -18,7 +18,7 @@ README = ROOT / "README.md"
 def promtool() -> str:
     """promtool, or a failure (never a skip): `make test` installs it from Debian's prometheus package."""
     path = shutil.which("promtool")
-    assert path, "promtool is missing: run `make promtool` (apt-get install prometheus)"
+    assert path, "promtool is missing: `make tools` (run by `make test`) installs Debian's prometheus"
     return path
 
 

@@ -186,7 +186,7 @@ async def test_contacts_unsubscribed_after_materialising_are_skipped(db: asyncpg
 
 async def test_unsubscribe_headers_and_configuration_set_tags(db: asyncpg.Connection, settings: Settings,
                                                               fake_ses: FakeSES) -> None:
-    from sender.render import verify_unsubscribe_token
+    from sender.tokens import verify_unsubscribe_token
 
     await add_contacts(db, 3)
     campaign = await add_campaign(db, await add_template(db, html='<p><a href="{{ unsubscribe_url }}">stop</a></p>'))

@@ -19,8 +19,6 @@ from sender.render import (
     TemplateProblem,
     clean_subject,
     html_to_text,
-    unsubscribe_token,
-    verify_unsubscribe_token,
 )
 from tests.helpers import add_campaign, add_template, recipient_counts, running_daemon, wait_for
 
@@ -110,14 +108,6 @@ def test_one_contact_that_breaks_rendering_fails_only_that_render() -> None:
     assert t.render(Contact(email="a@example.com", attributes={"n": 4}), unsubscribe_url="").html == "25"
     with pytest.raises(TemplateProblem, match="ZeroDivisionError"):
         t.render(Contact(email="a@example.com", attributes={"n": 0}), unsubscribe_url="")
-
-
-def test_unsubscribe_token_round_trip_and_tamper() -> None:
-    token = unsubscribe_token("k", 7, 42)
-    assert verify_unsubscribe_token("k", token) == (7, 42)
-    assert verify_unsubscribe_token("other", token) is None
-    assert verify_unsubscribe_token("k", token.replace("7.42", "7.43")) is None
-    assert verify_unsubscribe_token("k", "garbage") is None
 
 
 @pytest.mark.parametrize(("html", "text"), [

@@ -111,6 +111,7 @@ WITH span AS MATERIALIZED (
 ), chunk AS (
     SELECT c.id, c.email FROM contacts c
      WHERE c.id = ANY(ARRAY(SELECT id FROM span)) AND c.status = 'subscribed' AND (/*RULES*/)
+       AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = lower(c.email))
 ), added AS (
     INSERT INTO campaign_recipients (campaign_id, contact_id, email)
     SELECT $1, id, email FROM chunk ORDER BY id
@@ -137,9 +138,13 @@ SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])
 
 -- claimed_rows --
 -- The tail both claims share: the claimed rows with their contact (by id, or by address when the
--- main app supplied the list); contact_deleted when the row names a contact that no longer exists.
+-- main app supplied the list); contact_deleted when the row names a contact that no longer exists;
+-- suppressed when the address is on the suppression list (checked again at claim time, so an
+-- address suppressed after materialising is still skipped).
 SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
-       ct.status AS contact_status, (c.contact_id IS NOT NULL AND ct.id IS NULL) AS contact_deleted
+       ct.status AS contact_status, (c.contact_id IS NOT NULL AND ct.id IS NULL) AS contact_deleted,
+       -- a key probe per claimed row (LIMIT keeps the planner from hashing the whole list)
+       coalesce((SELECT true FROM suppressions s WHERE s.email = lower(c.email) LIMIT 1), false) AS suppressed
   FROM claimed c
   LEFT JOIN contacts ct
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
@@ -388,3 +393,237 @@ WITH doomed AS MATERIALIZED (
     RETURNING 1
 )
 SELECT count(*) FROM gone
+-- ===== deliverability (issue 11): unsubscribe, suppression, SES events, account guard =====
+
+-- unsubscribe_lookup --
+-- The recipient a genuine unsubscribe token names, and its campaign's name for the page.
+SELECT r.email, c.name AS campaign_name
+  FROM campaign_recipients r
+  JOIN campaigns c ON c.id = r.campaign_id
+ WHERE r.id = $2 AND r.campaign_id = $1
+
+-- unsubscribe_apply --
+-- One-click unsubscribe: the contact (if still subscribed) becomes unsubscribed with when and from
+-- which campaign, the recipient row records it once, the campaign counts it once, and the
+-- normalised address ($3) is suppressed. Idempotent: a second POST changes nothing but last_seen.
+WITH r AS (
+    SELECT id, campaign_id, contact_id, email FROM campaign_recipients WHERE id = $2 AND campaign_id = $1
+), ct AS (
+    UPDATE contacts c
+       SET status = 'unsubscribed', unsubscribed_at = now(), unsubscribed_campaign_id = $1, updated_at = now()
+      FROM r
+     WHERE c.id = coalesce(r.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(r.email)))
+       AND c.status = 'subscribed'
+    RETURNING c.id
+), rr AS (
+    UPDATE campaign_recipients x SET unsubscribed_at = now()
+      FROM r WHERE x.id = r.id AND x.unsubscribed_at IS NULL
+    RETURNING x.campaign_id
+), bump AS (
+    UPDATE campaigns c SET unsubscribed_count = c.unsubscribed_count + 1, updated_at = now()
+     WHERE c.id IN (SELECT campaign_id FROM rr)
+), sup AS (
+    INSERT INTO suppressions AS s (email, reason, source, campaign_id)
+    SELECT $3, 'unsubscribed', 'unsubscribe_link', $1 FROM r
+        ON CONFLICT (email) DO UPDATE SET last_seen = now()
+)
+SELECT (SELECT count(*) FROM r) AS found, (SELECT count(*) FROM rr) AS newly
+
+-- suppress_many --
+-- Upsert suppressions from parallel arrays; the first reason recorded for an address stays,
+-- later sightings move last_seen. DISTINCT ON: one address twice in a batch is one row.
+INSERT INTO suppressions AS s (email, reason, source, detail, campaign_id)
+SELECT DISTINCT ON (email) email, reason, source, detail, campaign_id
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+    AS t(email, reason, source, detail, campaign_id)
+ ORDER BY email
+    ON CONFLICT (email) DO UPDATE SET last_seen = now(),
+       detail = coalesce(EXCLUDED.detail, s.detail)
+RETURNING (xmax = 0) AS inserted
+
+-- suppress_remove --
+DELETE FROM suppressions WHERE email = ANY($1::text[]) RETURNING email
+
+-- suppress_list --
+-- Keyset pagination by address, so an export of millions streams in pages.
+SELECT email, reason, source, detail, campaign_id, first_seen, last_seen
+  FROM suppressions
+ WHERE email > $1 AND ($3::text IS NULL OR reason = $3)
+ ORDER BY email
+ LIMIT $2
+
+-- suppress_count --
+SELECT reason, count(*) AS n FROM suppressions GROUP BY reason ORDER BY reason
+
+-- events_record --
+-- Event identities seen for the first time in this batch; the rest are replays and change nothing.
+INSERT INTO ses_events (event_key, event_type, message_id, email)
+SELECT DISTINCT ON (event_key) event_key, event_type, message_id, email
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(event_key, event_type, message_id, email)
+ ORDER BY event_key
+    ON CONFLICT (event_key) DO NOTHING
+RETURNING event_key
+
+-- events_apply_recipients --
+-- A batch of fresh effects onto their recipient rows, matched by SES message id, else by the
+-- campaign_id/recipient_id tags (checked against the address). Each column is set once, so order
+-- does not matter and a late Delivery never clears a Bounce; a Permanent bounce upgrades a soft one.
+-- Campaign counters move by the rows whose state changed, in the same statement.
+WITH ev AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::text[],
+                         $7::text[])
+        AS t(kind, message_id, campaign_id, recipient_id, at, detail, email)
+), matched AS (
+    -- LATERAL lookups: one index probe per event, never a hash of the whole table
+    SELECT coalesce(m.id, g.id) AS rid, ev.kind, coalesce(ev.at, now()) AS at, ev.detail
+      FROM ev
+      LEFT JOIN LATERAL (SELECT r.id FROM campaign_recipients r
+                          WHERE r.message_id = ev.message_id LIMIT 1) m ON true
+      LEFT JOIN LATERAL (SELECT r.id FROM campaign_recipients r
+                          WHERE m.id IS NULL AND r.id = ev.recipient_id AND r.campaign_id = ev.campaign_id
+                            AND lower(r.email) = ev.email) g ON true
+), locked AS (
+    SELECT r.id, r.delivered_at, r.bounce_type, r.complained_at, r.unsubscribed_at
+      FROM campaign_recipients r
+     WHERE r.id = ANY(ARRAY(SELECT rid FROM matched WHERE rid IS NOT NULL))
+     ORDER BY r.id
+       FOR UPDATE
+), agg AS (
+    SELECT m.rid,
+           min(m.at) FILTER (WHERE m.kind = 'delivered') AS delivered,
+           min(m.at) FILTER (WHERE m.kind IN ('hard_bounce', 'soft_bounce')) AS bounced,
+           bool_or(m.kind = 'hard_bounce') AS hard,
+           min(m.detail) FILTER (WHERE m.kind = 'hard_bounce') AS hard_detail,
+           min(m.detail) FILTER (WHERE m.kind = 'soft_bounce') AS soft_detail,
+           min(m.at) FILTER (WHERE m.kind = 'complaint') AS complained,
+           min(m.detail) FILTER (WHERE m.kind = 'complaint') AS complaint_type,
+           min(m.at) FILTER (WHERE m.kind = 'unsubscribe') AS unsubscribed,
+           min(m.at) FILTER (WHERE m.kind = 'delay') AS delayed,
+           min(m.kind || ': ' || coalesce(m.detail, '')) FILTER (WHERE m.kind IN ('reject', 'rendering_failure'))
+               AS error
+      FROM matched m
+     WHERE m.rid IS NOT NULL
+     GROUP BY m.rid
+), upd AS (
+    UPDATE campaign_recipients r
+       SET delivered_at = coalesce(r.delivered_at, a.delivered),
+           bounced_at = coalesce(r.bounced_at, a.bounced),
+           bounce_type = CASE WHEN a.hard AND coalesce(r.bounce_type, '') NOT LIKE 'Permanent%' THEN a.hard_detail
+                              ELSE coalesce(r.bounce_type, a.soft_detail) END,
+           complained_at = coalesce(r.complained_at, a.complained),
+           complaint_type = coalesce(r.complaint_type, a.complaint_type),
+           unsubscribed_at = coalesce(r.unsubscribed_at, a.unsubscribed),
+           delayed_at = coalesce(r.delayed_at, a.delayed),
+           event_error = coalesce(r.event_error, a.error)
+      FROM agg a
+      JOIN locked l ON l.id = a.rid
+     WHERE r.id = a.rid
+    RETURNING r.campaign_id,
+              (l.delivered_at IS NULL AND a.delivered IS NOT NULL)::int AS delivered,
+              (a.hard AND coalesce(l.bounce_type, '') NOT LIKE 'Permanent%')::int AS hard_bounced,
+              (l.bounce_type IS NULL AND NOT a.hard AND a.bounced IS NOT NULL)::int AS soft_bounced,
+              (l.complained_at IS NULL AND a.complained IS NOT NULL)::int AS complained,
+              (l.unsubscribed_at IS NULL AND a.unsubscribed IS NOT NULL)::int AS unsubscribed
+), tally AS (
+    SELECT campaign_id, sum(delivered)::int AS delivered, sum(hard_bounced)::int AS hard_bounced,
+           sum(soft_bounced)::int AS soft_bounced, sum(complained)::int AS complained,
+           sum(unsubscribed)::int AS unsubscribed
+      FROM upd GROUP BY campaign_id
+), bump AS (
+    UPDATE campaigns c
+       SET delivered_count = c.delivered_count + t.delivered,
+           hard_bounced_count = c.hard_bounced_count + t.hard_bounced,
+           soft_bounced_count = c.soft_bounced_count + t.soft_bounced,
+           complained_count = c.complained_count + t.complained,
+           unsubscribed_count = c.unsubscribed_count + t.unsubscribed
+      FROM tally t
+     WHERE c.id = t.campaign_id
+       AND t.delivered + t.hard_bounced + t.soft_bounced + t.complained + t.unsubscribed > 0
+)
+SELECT * FROM tally
+
+-- events_apply_contacts --
+-- Contacts by address: a complaint wins over a bounce, a bounce over an unsubscribe; never downgraded.
+WITH e AS (
+    SELECT email, bool_or(kind = 'complaint') AS complained, bool_or(kind = 'hard_bounce') AS bounced,
+           bool_or(kind = 'unsubscribe') AS unsubscribed
+      FROM unnest($1::text[], $2::text[]) AS t(kind, email)
+     GROUP BY email
+), target AS (
+    SELECT c.id,
+           CASE WHEN e.complained THEN 'complained'
+                WHEN e.bounced AND c.status IN ('subscribed', 'unsubscribed') THEN 'bounced'
+                WHEN e.unsubscribed AND c.status = 'subscribed' THEN 'unsubscribed'
+                ELSE c.status END AS status
+      FROM e JOIN contacts c ON lower(c.email) = e.email
+)
+UPDATE contacts c
+   SET status = t.status, updated_at = now(),
+       unsubscribed_at = CASE WHEN t.status = 'unsubscribed' THEN now() ELSE c.unsubscribed_at END
+  FROM target t
+ WHERE c.id = t.id AND c.status <> t.status
+
+-- events_soft_bounces_over --
+-- Addresses that reached the soft-bounce limit within the window (the suppression rule).
+SELECT email, count(*) AS n
+  FROM ses_events
+ WHERE event_type = 'soft_bounce' AND email = ANY($1::text[])
+   AND received_at > now() - make_interval(secs => $2::float8 * 86400)
+ GROUP BY email
+HAVING count(*) >= $3
+
+-- events_prune --
+DELETE FROM ses_events WHERE received_at < now() - make_interval(secs => $1::float8 * 86400)
+
+-- campaign_deliverability --
+-- What SES reported per campaign, and what the guard did (campaign status, admin API).
+SELECT id, sent_count, delivered_count, hard_bounced_count, soft_bounced_count, complained_count,
+       unsubscribed_count, paused_reason
+  FROM campaigns
+ WHERE id = ANY($1::bigint[])
+
+-- guard_campaigns --
+-- Sending campaigns with enough sends to judge, not resumed by an operator after a guard pause.
+SELECT id, sent_count, hard_bounced_count, complained_count
+  FROM campaigns
+ WHERE status = 'sending' AND paused_reason IS NULL AND sent_count >= $1
+
+-- guard_account --
+-- Account-wide rates over the most recent campaigns that together hold at least $1 sends.
+WITH recent AS (
+    SELECT sent_count, hard_bounced_count, complained_count,
+           sum(sent_count) OVER (ORDER BY coalesce(started_at, created_at) DESC, id DESC) AS running
+      FROM campaigns
+     WHERE sent_count > 0
+)
+SELECT coalesce(sum(sent_count), 0)::bigint AS sent, coalesce(sum(hard_bounced_count), 0)::bigint AS bounced,
+       coalesce(sum(complained_count), 0)::bigint AS complained
+  FROM recent
+ WHERE running - sent_count < $1
+
+-- guard_pause --
+-- The guard pauses campaigns (one, or with $1 NULL every queued/sending one not exempted) and says why.
+UPDATE campaigns
+   SET status = 'paused', paused_reason = $2, updated_at = now()
+ WHERE status IN ('queued', 'sending') AND paused_reason IS NULL AND ($1::bigint IS NULL OR id = $1)
+RETURNING id
+
+-- guard_paused --
+-- Campaigns paused by the guard and still paused (for /readyz details).
+SELECT id, paused_reason FROM campaigns WHERE status = 'paused' AND paused_reason IS NOT NULL ORDER BY id
+
+-- ses_sync_unpushed --
+-- Local hard suppressions not yet on the SES account-level list.
+SELECT email, reason FROM suppressions
+ WHERE ses_synced_at IS NULL AND reason IN ('bounced', 'complained')
+ ORDER BY first_seen
+ LIMIT $1
+
+-- ses_sync_mark_pushed --
+UPDATE suppressions SET ses_synced_at = now() WHERE email = ANY($1::text[])
+
+-- ses_sync_pulled_until --
+SELECT pulled_until FROM ses_suppression_sync WHERE id = 1
+
+-- ses_sync_set_pulled_until --
+UPDATE ses_suppression_sync SET pulled_until = $1 WHERE id = 1
