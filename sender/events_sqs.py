@@ -21,10 +21,10 @@ import asyncpg
 from botocore.config import Config
 
 from sender.config import Settings
+from sender.db import DB_ERRORS
 from sender.event_metrics import EventMetrics
 from sender.events import Effect, EventError, apply_effects, parse_event
 from sender.logs import get_logger
-from sender.pipeline import DB_ERRORS
 
 log = get_logger("sender.events_sqs")
 

@@ -18,10 +18,9 @@ from typing import Any
 import asyncpg
 
 from sender.config import Settings
-from sender.db import QUERIES
+from sender.db import DB_ERRORS, QUERIES
 from sender.event_metrics import EventMetrics
 from sender.logs import get_logger
-from sender.pipeline import DB_ERRORS
 
 log = get_logger("sender.guard")
 

@@ -14,9 +14,8 @@ import asyncpg
 from aiohttp import web
 
 from sender.config import ConfigError, Settings
-from sender.db import QUERIES
+from sender.db import DB_ERRORS, QUERIES
 from sender.logs import get_logger, mask_email
-from sender.pipeline import DB_ERRORS
 from sender.suppression import suppression_key
 from sender.tokens import verify_unsubscribe_token
 

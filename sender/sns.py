@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sender.config import Settings
+from sender.db import DB_ERRORS
 from sender.event_metrics import EventMetrics
 from sender.events import EventError, apply_effects, parse_event
 from sender.logs import get_logger
-from sender.pipeline import DB_ERRORS
 
 log = get_logger("sender.sns")
 
