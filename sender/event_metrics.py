@@ -27,6 +27,10 @@ class EventMetrics:
                                        "complained, unsubscribed", ["campaign_id", "event"], registry=r)
         self.guard_paused = Counter("sender_guard_paused", "Campaigns paused by the bounce/complaint guard, by scope",
                                     ["scope"], registry=r)
+        for kind in ("delivered", "hard_bounce", "soft_bounce", "complaint"):  # series exist before the first event
+            self.consumed.labels(type=kind)
+        for scope in ("campaign", "account"):
+            self.guard_paused.labels(scope=scope)
 
     def unsubscribed(self, campaign_id: int) -> None:
         self.campaign_events.labels(campaign_id=str(campaign_id), event="unsubscribed").inc()

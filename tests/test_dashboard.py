@@ -200,7 +200,10 @@ async def test_every_metric_used_is_exported_by_a_daemon_that_sent_a_campaign(
     assert f'sender_campaign_rate_limit_per_second{{campaign_id="{campaign}"}}' not in after
     expressions = [*dashboard_expressions(), *rule_expressions()]
     used = set().union(*(metric_names(expr) for _, expr in expressions)) | variable_query_metrics()
-    unknown = used - samples - recorded_names() - PROMETHEUS_SERIES
+    # a labelled family with no child yet (no SES event in this run) is still declared on /metrics
+    declared = families | families_after
+    declared |= {f"{name}_total" for name in declared}
+    unknown = used - samples - declared - recorded_names() - PROMETHEUS_SERIES
     assert not unknown, f"metrics used by the dashboard or rules but not on /metrics: {sorted(unknown)}"
     undocumented = {f for f in families | families_after if f.startswith("sender_")} - readme_metrics()
     assert not undocumented, f"exported metrics missing from the README's metrics table: {sorted(undocumented)}"

@@ -167,7 +167,7 @@ async def test_instance_connections_are_named_and_within_the_budget(settings: Se
                               "AND pid <> pg_backend_pid()")
         names = [r["application_name"] for r in rows]
         assert names and set(names) == {"sender/budget-1"}
-        assert len(names) <= 3 + 1  # pool + listener
+        assert len(names) <= 3 + 1 + 1  # pool + listener + heartbeat (README "Sizing PostgreSQL")
 
 
 async def _ready(daemon: Daemon) -> bool:
