@@ -193,7 +193,8 @@ def build() -> int:
         cmd += ["-v", f"{HOST_CA}:{HOST_CA}:ro", "-v", f"{pip_conf}:/etc/pip.conf:ro"]
     started = time.monotonic()
     run([*cmd, str(ROOT)])
-    say(f"built {IMAGE} from base {base} in {time.monotonic() - started:.0f} s")
+    size = int(json.loads(podman_out("image", "inspect", IMAGE).stdout)[0]["Size"])
+    say(f"built {IMAGE} ({size / 1e6:.0f} MB) from base {base} in {time.monotonic() - started:.0f} s")
     return 0
 
 
