@@ -4,6 +4,7 @@ in one line how to get its extra."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -11,11 +12,10 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
-from tests.conftest import with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,10 +60,8 @@ def empty_database(pg_admin_dsn: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    import asyncio
-
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield with_database(pg_admin_dsn, name)
+    yield urlunsplit(urlsplit(pg_admin_dsn)._replace(path=f"/{name}"))
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
