@@ -115,17 +115,18 @@ def preflight() -> int:
 
 # --- base ----------------------------------------------------------------------------------------
 
-def apt_mirror() -> str:
-    """The Debian mirror apt already uses here, so debootstrap goes where apt is allowed to go."""
+def apt_mirror(kind: str = "/debian") -> str:
+    """The Debian mirror apt already uses here (kind "/debian" or "/debian-security"), so debootstrap
+    goes where apt is allowed to go."""
     sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for path in sources:
         with contextlib.suppress(OSError):
             text = path.read_text()
             for match in re.finditer(r"^(?:URIs:|deb)\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.M):
                 uri = match.group(1).rstrip("/")
-                if uri.endswith("/debian"):
+                if uri.endswith(kind):
                     return uri
-    return "http://deb.debian.org/debian"
+    return f"http://deb.debian.org{kind}"
 
 
 def local_base() -> str:
@@ -151,7 +152,7 @@ def build_base_tarball(mirror: str, tarball: Path) -> None:
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), mirror])
-        security = mirror.removesuffix("/debian") + "/debian-security"
+        security = apt_mirror("/debian-security")
         (rootfs / "etc/apt/sources.list").write_text(
             f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\ndeb {security} {SUITE}-security main\n")
         # the point releases and security fixes published since the suite's release
