@@ -196,7 +196,21 @@ def build() -> int:
     run([*cmd, str(ROOT)])
     size = int(json.loads(podman_out("image", "inspect", IMAGE).stdout)[0]["Size"])
     say(f"built {IMAGE} ({size / 1e6:.0f} MB) from base {base} in {time.monotonic() - started:.0f} s")
+    if not os.environ.get("IMAGE_BASE"):
+        prune(base)
     return 0
+
+
+def prune(base: str) -> None:
+    """Keep the caches from growing run after run: older bases and day-old dangling layers go."""
+    for tarball in CACHE.glob("base-*.tar"):
+        if not base.endswith(tarball.stem.removeprefix("base-")):
+            tarball.unlink()
+    tags = podman_out("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/sender-base").stdout.split()
+    for tag in tags:
+        if tag != base:
+            podman_out("rmi", tag, check=False)
+    podman_out("image", "prune", "-f", "--filter", "until=24h", check=False)
 
 
 # --- test: static checks -------------------------------------------------------------------------
