@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return _health(settings)
         if args.command == "demo" and (missing := _demo_unavailable(settings)):
-            print(f"sender: {missing}", file=sys.stderr)
+            print(missing, file=sys.stderr)
             return 2
         quiet_demo = args.command == "demo" and not args.verbose
         configure_logging(settings.log_format, "WARNING" if quiet_demo else settings.log_level)

