@@ -246,6 +246,9 @@ def static_checks() -> None:
         res = in_image(*args)
         expect(res.returncode == 0 and "usage: sender" in res.stdout, f"sender {' '.join(args)}",
                res.stderr or res.stdout)
+    demo = in_image("demo")
+    expect(demo.returncode == 2 and "pip install 'sender[demo]'" in demo.stderr,
+           "`sender demo` in the image says in one line how to get the [demo] extra", demo.stderr)
     image = json.loads(podman_out("image", "inspect", IMAGE).stdout)[0]
     config = image["Config"]
     expect(config.get("User") == str(UID), f"image runs as uid {UID}", config.get("User"))
