@@ -28,7 +28,10 @@ async def health_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     monkeypatch.setenv("SENDER_HTTP_PORT", str(port))
     capsys.readouterr()
     code = await asyncio.to_thread(main, ["health"])  # blocking probe; the daemon keeps its loop
-    return code, capsys.readouterr().out
+    # an in-process daemon may log to the same stdout meanwhile: keep the probe's own lines
+    lines = [line for line in capsys.readouterr().out.splitlines(keepends=True)
+             if line.startswith(("healthy:", "unhealthy:"))]
+    return code, "".join(lines)
 
 
 def test_health_url_asks_wildcard_listeners_on_loopback() -> None:
