@@ -96,7 +96,7 @@ def postgres() -> Iterator[str]:
     if os.environ.get("BENCH_DATABASE_URL"):
         yield os.environ["BENCH_DATABASE_URL"]
         return
-    from sender.embedded import start_embedded
+    from sender.demo.embedded import start_embedded
 
     data = Path(tempfile.mkdtemp(prefix="sender-bench-")) / "data"
     server, dsn = start_embedded(data)
@@ -138,7 +138,7 @@ class FakeSESProcess:
 async def fake_ses_process(*, rate: float, latency: float, jitter: float = 0.0, enforce: bool = True,
                            lean: bool = False) -> AsyncIterator[FakeSESProcess]:
     """The fake SES in its own process, so the client's CPU figures are the client's alone."""
-    args = [sys.executable, "-m", "sender.fakeses", "--port", "0", "--rate", str(rate), "--latency", str(latency),
+    args = [sys.executable, "-m", "sender.demo.fakeses", "--port", "0", "--rate", str(rate), "--latency", str(latency),
             "--jitter", str(jitter), "--daily", "-1"]
     args += ["--no-enforce"] if not enforce else []
     args += ["--lean"] if lean else []

@@ -104,7 +104,8 @@ async def apply_path(dsn: str, n: int, batch: int) -> dict[str, Any]:
 
 async def sqs_path(dsn: str, n: int, receivers: int, batch: int) -> dict[str, Any]:
     campaign = await seed(dsn, n)
-    proc = subprocess.Popen([sys.executable, "-m", "sender.fakesqs", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sender.demo.fakesqs", "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
     pin_servers(pid=proc.pid)
     try:
         assert proc.stdout is not None

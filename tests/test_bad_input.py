@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from sender.config import Settings
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from tests.helpers import add_campaign, add_template, recipient_counts, running_daemon, wait_for
 
 HOSTILE_TEMPLATES = {

@@ -11,7 +11,7 @@ import pytest
 
 from sender.admin_cli import campaign_command, send_test
 from sender.config import Settings
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.progress import format_progress, progress_from
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon
 

@@ -11,7 +11,7 @@ import asyncpg
 from sender.config import Settings
 from sender.db import connect
 from sender.db.migrate import migrate
-from sender.fakeses import FakeSES, Fault
+from sender.demo.fakeses import FakeSES, Fault
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 from tests.test_process import start_daemon
 

@@ -22,7 +22,7 @@ import yaml
 
 from sender.config import Settings
 from sender.daemon import Daemon
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for
 from tests.test_alert_rules import RULES, run_promtool
 

@@ -8,8 +8,8 @@ import io
 import asyncpg
 
 from sender.config import Settings
-from sender.demo import format_summary, run_demo
-from sender.demo_deliverability import event_kind
+from sender.demo.deliverability import event_kind
+from sender.demo.runner import format_summary, run_demo
 
 
 async def test_demo_runs_the_whole_loop(db: asyncpg.Connection, db_url: str) -> None:

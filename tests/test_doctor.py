@@ -13,8 +13,8 @@ import boto3
 import pytest
 
 from sender.config import Settings
+from sender.demo.fakeses import Account, FakeSES, Fault
 from sender.doctor import FAIL, PASS, WARN, Report, doctor
-from sender.fakeses import Account, FakeSES, Fault
 from tests.dnsserver import TinyDNS, start_dns
 
 GOOD_SPF = "v=spf1 include:amazonses.com ~all"

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sender.config import Settings
+from sender.demo.fakeses import Account, FakeSES
+from sender.demo.fakesqs import FakeSQS
 from sender.doctor import FAIL, PASS, WARN, Report, doctor
-from sender.fakeses import Account, FakeSES
-from sender.fakesqs import FakeSQS
 from tests.dnsserver import TinyDNS, start_dns
 
 ALL = [{"Name": "to-sns", "Enabled": True, "MatchingEventTypes": ["BOUNCE", "COMPLAINT", "DELIVERY"],

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from sender.config import Settings
 from sender.db import create_pool
+from sender.demo.fakeses import FakeSES
 from sender.event_metrics import EventMetrics
 from sender.events import apply_effects, parse_event
-from sender.fakeses import FakeSES
 from sender.guard import AccountGuard
 from tests import ses_events as ev
 from tests.helpers import add_campaign, add_contacts, add_template, campaign_status, running_daemon, wait_for

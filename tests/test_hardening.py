@@ -14,7 +14,7 @@ import pytest
 from sender.config import ConfigError, Settings
 from sender.db import QUERIES, connect, create_pool
 from sender.db.migrate import migrate
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.message import Outcome
 from sender.metrics import Metrics
 from sender.writeback import ResultBuffer

@@ -25,7 +25,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 import sender
 from sender.config import Settings
 from sender.daemon import Daemon
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.http import ACTIONS
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for
 

@@ -18,7 +18,7 @@ import pytest
 
 from sender.config import Settings
 from sender.daemon import Daemon
-from sender.fakeses import FakeSES, Fault
+from sender.demo.fakeses import FakeSES, Fault
 from sender.logs import configure_logging
 from sender.systemd import SystemdNotifier
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for

@@ -11,7 +11,7 @@ import asyncpg
 
 from sender.config import Settings
 from sender.db.migrate import available_migrations
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 
 

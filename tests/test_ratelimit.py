@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from sender.fakeses import max_in_window
+from sender.demo.fakeses import max_in_window
 from sender.ratelimit import AccountRate, CampaignLimit, SlidingWindow
 
 

@@ -8,7 +8,7 @@ import asyncpg
 
 from sender.config import Settings
 from sender.db import QUERIES, create_pool
-from sender.fakeses import FakeSES, Fault
+from sender.demo.fakeses import FakeSES, Fault
 from sender.message import Outcome
 from sender.metrics import Metrics
 from sender.writeback import ResultBuffer

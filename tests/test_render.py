@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sender import budget as rb
 from sender.config import Settings
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.render import (
     CampaignTemplates,
     Contact,

@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sender.config import Settings
-from sender.fakeses import FakeSES, Fault
+from sender.demo.fakeses import FakeSES, Fault
 from sender.ses import ErrorKind, OutgoingEmail, classify, open_ses
 
 EMAIL = OutgoingEmail(to="a@example.org", from_email="news@example.com", subject="s", html="<p>h</p>", text="h")

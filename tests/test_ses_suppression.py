@@ -10,7 +10,7 @@ import pytest
 
 from sender.config import ConfigError, Settings, load_settings
 from sender.db import create_pool
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.ses import open_ses
 from sender.ses_suppression import sync_once
 from sender.suppression import Suppression, suppress

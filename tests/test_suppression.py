@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from sender.config import Settings
-from sender.fakeses import FakeSES
+from sender.demo.fakeses import FakeSES
 from sender.suppress_cli import suppress_command
 from sender.suppression import Suppression, suppress
 from tests.helpers import (

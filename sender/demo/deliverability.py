@@ -17,8 +17,8 @@ import aiohttp
 import asyncpg
 
 from sender.config import Settings
-from sender.fakeses import FakeSES, ReceivedMessage
-from sender.fakesqs import FakeSQS
+from sender.demo.fakeses import FakeSES, ReceivedMessage
+from sender.demo.fakesqs import FakeSQS
 
 DEMO_GUARD = {"max_bounce_rate": 0.08, "max_complaint_rate": 0.02}  # the demo's shares stay under these
 

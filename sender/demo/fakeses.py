@@ -3,7 +3,7 @@
 It serves the demo, the tests and the benchmarks: a per-second quota enforced over every
 sliding one-second window (HTTP 429 TooManyRequestsException past it), a daily quota, latency with
 jitter, sandbox and sender-identity checks, injected faults, and a record of every message it
-accepted. Run it alone with `python -m sender.fakeses --port 9000`.
+accepted. Run it alone with `python -m sender.demo.fakeses --port 9000`.
 """
 
 from __future__ import annotations
@@ -444,7 +444,7 @@ class FakeSES:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sender.fakeses", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sender.demo.fakeses", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--rate", type=float, default=14.0, help="MaxSendRate, messages/s")

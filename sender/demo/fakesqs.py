@@ -199,7 +199,7 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sender.fakesqs --port 0 --queue NAME`: prints {"fake_sqs": url, "queue_url": …}."""
+    """`python -m sender.demo.fakesqs --port 0 --queue NAME`: prints {"fake_sqs": url, "queue_url": …}."""
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__)

@@ -17,8 +17,8 @@ from sender.config import Settings
 from sender.daemon import Daemon
 from sender.db import QUERIES, connect
 from sender.db.migrate import migrate
-from sender.demo_deliverability import DeliverabilityDemo, format_loop
-from sender.fakeses import Account, FakeSES
+from sender.demo.deliverability import DeliverabilityDemo, format_loop
+from sender.demo.fakeses import Account, FakeSES
 from sender.progress import achieved_rate, bar
 
 FIRST_NAMES = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Alan", "Radia"]
@@ -94,7 +94,7 @@ async def run_demo(settings: Settings, *, recipients: int, rate: float, latency:
     server = None
     dsn = settings.database_url
     if not dsn:
-        from sender.embedded import start_embedded
+        from sender.demo.embedded import start_embedded
 
         out.write("starting embedded PostgreSQL...\n")
         server, dsn = start_embedded()
