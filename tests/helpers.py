@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -79,3 +80,30 @@ async def running_daemon(settings: Settings, **kwargs: Any) -> AsyncIterator[Dae
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def seed_sent_campaign(db: asyncpg.Connection, n: int = 4) -> tuple[int, list[int]]:
+    """A sent campaign whose recipient i has message id m-i and address user{i}@example.org."""
+    campaign = await add_campaign(db, await add_template(db), status="sent")
+    await db.execute("INSERT INTO contacts (email) SELECT 'user' || i || '@example.org' FROM generate_series(0, $1) i",
+                     n - 1)
+    ids = await db.fetch(
+        "INSERT INTO campaign_recipients (campaign_id, contact_id, email, status, message_id, sent_at) "
+        "SELECT $1, c.id, c.email, 'sent', 'm-' || (c.id - 1), now() FROM contacts c ORDER BY c.id RETURNING id",
+        campaign)
+    return campaign, [r["id"] for r in ids]
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def max_in_window(times: list[float], seconds: float = 1.0) -> int:
+    """The most of the sorted `times` that fall in any half-open window of `seconds`."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

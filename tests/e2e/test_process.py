@@ -13,27 +13,7 @@ from sender.config import Settings
 from sender.db.migrate import available_migrations
 from sender.demo.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
-
-
-def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
-    dropped = ("SENDER_", "DATABASE_URL", "SES_", "AWS_ENDPOINT")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    return base | {
-        "DATABASE_URL": settings.database_url or "",
-        "AWS_ENDPOINT_URL_SESV2": settings.endpoint_url or "",
-        "SES_FROM_EMAIL": settings.from_email or "",
-        "SENDER_POLL_INTERVAL": "0.1",
-        "SENDER_FLUSH_INTERVAL": "0.05",
-        "SENDER_LOG_FORMAT": "json",
-        "SENDER_ENV_FILE": "/nonexistent",
-        "SENDER_HTTP_PORT": "0",
-    } | extra
-
-
-async def start_daemon(settings: Settings, **extra: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sender", "run", env=daemon_env(settings, **extra),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+from tests.processes import start_daemon
 
 
 async def test_sigterm_mid_campaign_drains_and_leaves_nothing_sending(
@@ -86,7 +66,7 @@ async def test_migrate_is_idempotent_and_tracked(db_url: str, db: asyncpg.Connec
 async def test_migrate_on_empty_database_applies_everything(pg_admin_dsn: str) -> None:
     from sender.db import connect
     from sender.db.migrate import available_migrations, migrate
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     admin = await asyncpg.connect(pg_admin_dsn)
     await admin.execute('DROP DATABASE IF EXISTS "sender_empty"')
@@ -105,7 +85,7 @@ async def test_migrate_on_empty_database_applies_everything(pg_admin_dsn: str) -
 
 
 async def test_run_refuses_an_unmigrated_database(pg_admin_dsn: str, settings: Settings) -> None:
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     admin = await asyncpg.connect(pg_admin_dsn)
     await admin.execute('DROP DATABASE IF EXISTS "sender_unmigrated"')

@@ -20,8 +20,7 @@ from sender.db import create_pool
 from sender.event_metrics import EventMetrics
 from sender.events_sqs import SqsConsumer
 from tests import ses_events as ev
-from tests.helpers import wait_for
-from tests.test_events import seed
+from tests.helpers import seed_sent_campaign, wait_for
 
 
 @pytest.fixture
@@ -78,7 +77,7 @@ async def test_events_are_applied_then_deleted_and_junk_goes_to_the_dlq(
         db: asyncpg.Connection, db_url: str, moto_url: str, aws: tuple[Any, Any]) -> None:
     sqs, _ = aws
     url, dlq = await make_queue(sqs)
-    campaign, _ = await seed(db, 3)
+    campaign, _ = await seed_sent_campaign(db, 3)
     bodies = [json.dumps(ev.delivery("m-0", "user0@example.org")), json.dumps(ev.bounce("m-1", "user1@example.org")),
               json.dumps(ev.sns_envelope(ev.complaint("m-2", "user2@example.org"))),
               json.dumps(ev.bounce("m-1", "user1@example.org")),  # duplicate
@@ -116,7 +115,7 @@ async def test_sns_to_sqs_envelopes(db: asyncpg.Connection, db_url: str, moto_ur
     arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
     topic = (await sns.create_topic(Name=f"ses-{uuid.uuid4().hex[:8]}"))["TopicArn"]
     await sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)  # envelope (raw delivery off)
-    await seed(db, 1)
+    await seed_sent_campaign(db, 1)
     await sns.publish(TopicArn=topic, Message=json.dumps(ev.bounce("m-0", "user0@example.org")))
     settings = Settings(database_url=db_url, events_queue_url=url, sqs_endpoint_url=moto_url)
     async with consuming(settings):
@@ -130,7 +129,7 @@ async def test_database_outage_keeps_messages_until_applied(db: asyncpg.Connecti
     """Events that cannot be committed are not deleted: they are applied once the database answers."""
     sqs, _ = aws
     url, dlq = await make_queue(sqs)
-    await seed(db, 1)
+    await seed_sent_campaign(db, 1)
     await db.execute("ALTER TABLE ses_events RENAME TO ses_events_away")  # every apply fails
     await sqs.send_message(QueueUrl=url, MessageBody=json.dumps(ev.bounce("m-0", "user0@example.org")))
     settings = Settings(database_url=db_url, events_queue_url=url, sqs_endpoint_url=moto_url)

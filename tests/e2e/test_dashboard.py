@@ -24,9 +24,9 @@ from sender.config import Settings
 from sender.daemon import Daemon
 from sender.demo.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for
-from tests.test_alert_rules import RULES, run_promtool
+from tests.promtool import RULES, run_promtool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "config" / "grafana" / "sender-dashboard.json"
 README = ROOT / "README.md"
 # Grafana's variables, replaced by values PromQL accepts before parsing

@@ -27,7 +27,7 @@ from sender.event_metrics import EventMetrics
 from sender.public_http import PublicServer
 from sender.sns import SnsEndpoint, SnsVerifier, string_to_sign
 from tests import ses_events as ev
-from tests.test_events import seed
+from tests.helpers import seed_sent_campaign
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-events"
 
@@ -121,7 +121,7 @@ async def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
 async def test_signed_notifications_apply_and_the_certificate_is_cached(
         db: asyncpg.Connection, certs: CertServer, endpoint: tuple[str, SnsEndpoint], version: str) -> None:
     url, sns = endpoint
-    await seed(db, 2)
+    await seed_sent_campaign(db, 2)
     status, body = await post(url, certs.sign(notification(ev.bounce("m-0", "user0@example.org")), version))
     assert (status, body) == (200, {"applied": 1, "duplicates": 0})
     with_subject = notification(ev.complaint("m-1", "user1@example.org"), Subject="Amazon SES Email Event")
@@ -136,7 +136,7 @@ async def test_signed_notifications_apply_and_the_certificate_is_cached(
 async def test_forgeries_are_refused_and_change_nothing(db: asyncpg.Connection, certs: CertServer,
                                                          endpoint: tuple[str, SnsEndpoint]) -> None:
     url, _ = endpoint
-    await seed(db, 1)
+    await seed_sent_campaign(db, 1)
     good = certs.sign(notification(ev.bounce("m-0", "user0@example.org")))
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     tampered = {**good, "Message": json.dumps(ev.bounce("m-0", "victim@example.org"))}

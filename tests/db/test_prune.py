@@ -11,7 +11,7 @@ from sender.config import Settings
 from sender.demo.fakeses import FakeSES
 from sender.prune import AgeError, parse_age, prune
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
-from tests.test_production_pg import sender_cli
+from tests.processes import sender_cli
 
 
 def test_parse_age_takes_units_and_refuses_anything_else() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from sender.events import EventError, apply_effects, parse_event
 from tests import ses_events as ev
-from tests.helpers import add_campaign, add_template
+from tests.helpers import seed_sent_campaign
 
 
 @pytest.mark.parametrize(("build", "kind"), [
@@ -76,18 +76,6 @@ def test_hostile_messages_are_refused_with_a_reason(body: str, reason: str) -> N
         parse_event(body)
 
 
-async def seed(db: asyncpg.Connection, n: int = 4) -> tuple[int, list[int]]:
-    """A sent campaign whose recipient i has message id m-i and address user{i}@example.org."""
-    campaign = await add_campaign(db, await add_template(db), status="sent")
-    await db.execute("INSERT INTO contacts (email) SELECT 'user' || i || '@example.org' FROM generate_series(0, $1) i",
-                     n - 1)
-    ids = await db.fetch(
-        "INSERT INTO campaign_recipients (campaign_id, contact_id, email, status, message_id, sent_at) "
-        "SELECT $1, c.id, c.email, 'sent', 'm-' || (c.id - 1), now() FROM contacts c ORDER BY c.id RETURNING id",
-        campaign)
-    return campaign, [r["id"] for r in ids]
-
-
 async def apply(db: asyncpg.Connection, *events: dict[str, Any], limit: int = 3) -> Any:
     effects = [e for body in events for e in parse_event(body)]
     return await apply_effects(db, effects, soft_bounce_limit=limit)
@@ -100,7 +88,7 @@ async def counters(db: asyncpg.Connection, campaign: int) -> tuple[int, ...]:
 
 
 async def test_effect_table(db: asyncpg.Connection) -> None:
-    campaign, ids = await seed(db, 6)
+    campaign, ids = await seed_sent_campaign(db, 6)
     result = await apply(db, ev.delivery("m-0", "user0@example.org"), ev.bounce("m-1", "user1@example.org"),
                          ev.complaint("m-2", "user2@example.org"), ev.reject("m-3", "user3@example.org"),
                          ev.subscription("m-4", "user4@example.org"), ev.delivery_delay("m-5", "user5@example.org"))
@@ -123,7 +111,7 @@ async def test_effect_table(db: asyncpg.Connection) -> None:
 
 
 async def test_replays_and_reordering_change_nothing(db: asyncpg.Connection) -> None:
-    campaign, ids = await seed(db, 2)
+    campaign, ids = await seed_sent_campaign(db, 2)
     bounce, late_delivery = ev.bounce("m-0", "user0@example.org"), ev.delivery("m-0", "user0@example.org")
     await apply(db, bounce, bounce)  # duplicate within a batch
     before = dict(await db.fetchrow("SELECT * FROM campaign_recipients WHERE id = $1", ids[0]))
@@ -144,7 +132,7 @@ async def test_replays_and_reordering_change_nothing(db: asyncpg.Connection) -> 
 
 
 async def test_unknown_message_ids_still_suppress(db: asyncpg.Connection) -> None:
-    await seed(db, 1)
+    await seed_sent_campaign(db, 1)
     result = await apply(db, ev.complaint("never-sent-by-us", "Stranger@Elsewhere.example"),
                          ev.bounce("also-unknown", "user0@example.org"))
     assert result.suppressed == 2
@@ -155,7 +143,7 @@ async def test_unknown_message_ids_still_suppress(db: asyncpg.Connection) -> Non
 
 
 async def test_tags_match_when_the_message_id_is_unknown(db: asyncpg.Connection) -> None:
-    campaign, ids = await seed(db, 2)
+    campaign, ids = await seed_sent_campaign(db, 2)
     tags = {"campaign_id": [str(campaign)], "recipient_id": [str(ids[1])]}
     await apply(db, ev.delivery("lost-id", "user1@example.org", tags=tags))
     forged = {"campaign_id": [str(campaign)], "recipient_id": [str(ids[0])]}  # tags naming another address
@@ -166,7 +154,7 @@ async def test_tags_match_when_the_message_id_is_unknown(db: asyncpg.Connection)
 
 
 async def test_soft_bounces_suppress_at_the_limit(db: asyncpg.Connection) -> None:
-    campaign, _ = await seed(db, 2)
+    campaign, _ = await seed_sent_campaign(db, 2)
     for n in range(2):
         await apply(db, ev.bounce("m-0", "user0@example.org", bounce_type="Transient", feedback_id=f"f{n}"))
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0

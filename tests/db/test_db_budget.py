@@ -15,8 +15,15 @@ from sender.db.health import DatabaseHealth, describe, redact
 from sender.db.migrate import available_migrations, migrate
 from sender.db.pool import ConnectionOptions, connect, connection_budget, listen_dsn, options_for
 from sender.db.wakeups import Wakeups
-from tests.conftest import with_database
-from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
+from tests.helpers import (
+    add_campaign,
+    add_contacts,
+    add_template,
+    recipient_counts,
+    running_daemon,
+    wait_for,
+    with_database,
+)
 from tests.pgbouncer import free_port
 
 

@@ -13,7 +13,7 @@ from sender.db import connect
 from sender.db.migrate import migrate
 from sender.demo.fakeses import FakeSES, Fault
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, running_daemon, wait_for
-from tests.test_process import start_daemon
+from tests.processes import start_daemon
 
 # An instance is dead (its rows taken over) after 3 s without a heartbeat.
 FAST_TAKEOVER = {"send_timeout": 2.0, "heartbeat_interval": 0.2, "instance_timeout": 3.0, "lease_seconds": 5.0}

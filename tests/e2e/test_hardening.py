@@ -28,7 +28,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.latency_proxy import LatencyProxy
-from tests.test_process import start_daemon
+from tests.processes import start_daemon
 
 
 def _once_each(fake: FakeSES, expected: int) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import time
 
-from sender.demo.fakeses import max_in_window
 from sender.ratelimit import AccountRate, CampaignLimit, SlidingWindow
+from tests.helpers import max_in_window
 
 
 async def _acquire_all(limit: CampaignLimit, n: int, *, stall_at: int | None = None) -> list[float]:

@@ -23,10 +23,9 @@ from sender.config import Settings
 from sender.db import connect
 from sender.db.migrate import available_migrations, migrate
 from sender.demo.fakeses import FakeSES
-from tests.conftest import with_database
-from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, wait_for
+from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, wait_for, with_database
 from tests.pgbouncer import free_port, pgbouncer
-from tests.test_process import daemon_env
+from tests.processes import daemon_env, sender_cli
 
 # what a pooler or the connection budget would cause; a retried write-back (a warning) is not among them:
 # the 0-lost, 0-duplicate checks cover it
@@ -89,15 +88,6 @@ async def instances(settings: Settings, tmp_path: Path, names: list[str],
     finally:
         for inst in started:
             await inst.stop()
-
-
-async def sender_cli(dsn: str, *args: str, **extra: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDER_", "DATABASE_URL"))} | {
-        "DATABASE_URL": dsn, "SENDER_ENV_FILE": "/nonexistent"} | extra
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sender", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return int(proc.returncode or 0), out.decode(), err.decode()
 
 
 async def _fresh_database(admin_dsn: str, name: str, owner: str | None = None) -> str:

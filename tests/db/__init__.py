@@ -1,0 +1,1 @@
+"""db tests (see tests/README)."""
