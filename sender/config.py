@@ -215,30 +215,63 @@ def _deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[
         if not arn.startswith("arn:aws") or arn.count(":") != 5:
             raise ConfigError(f"SENDER_SNS_TOPIC_ARNS: not a topic ARN: {arn[:100]!r}")
     out["sns_topic_arns"] = arns
-    for name, attr, minimum, integer in (
-        ("SENDER_EVENTS_RECEIVERS", "events_receivers", 1, True),
-        ("SENDER_EVENTS_BATCH", "events_batch", 1, True),
-        ("SENDER_SOFT_BOUNCE_LIMIT", "soft_bounce_limit", 1, True),
-        ("SENDER_SOFT_BOUNCE_DAYS", "soft_bounce_days", 0.01, False),
-        ("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate", 0, False),
-        ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate", 0, False),
-        ("SENDER_GUARD_MIN_SAMPLE", "guard_min_sample", 1, True),
-        ("SENDER_ACCOUNT_GUARD_WINDOW", "account_guard_window", 1, True),
-        ("SENDER_EVENTS_RETENTION_DAYS", "events_retention_days", 1, False),
-        ("SENDER_GUARD_INTERVAL", "guard_interval", 0.05, False),
-    ):
-        value = _number(env, name, minimum=minimum, integer=integer)
-        if value is not None:
-            out[attr] = value
     sync = env.get("SENDER_SES_SUPPRESSION_SYNC", "").strip().lower()
     if sync not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
         raise ConfigError(f"SENDER_SES_SUPPRESSION_SYNC: expected true or false, got {sync[:20]!r}")
     out["ses_suppression_sync"] = sync in ("1", "true", "yes", "on")
     for name, attr in (("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate"),
                        ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate")):
-        if out.get(attr, 0) > 1:
-            raise ConfigError(f"{name}: a fraction between 0 and 1 (0.04 means 4%), got {out[attr]}")
+        if changes.get(attr, 0) > 1:
+            raise ConfigError(f"{name}: a fraction between 0 and 1 (0.04 means 4%), got {changes[attr]}")
     return out
+
+
+# Every numeric setting: (variable, Settings field, minimum, whole number). Read by `_numbers`.
+NUMBERS: tuple[tuple[str, str, float, bool], ...] = (
+    ("SENDER_HTTP_PORT", "http_port", 0, True),
+    ("SENDER_EVENTS_RECEIVERS", "events_receivers", 1, True),
+    ("SENDER_EVENTS_BATCH", "events_batch", 1, True),
+    ("SENDER_SOFT_BOUNCE_LIMIT", "soft_bounce_limit", 1, True),
+    ("SENDER_SOFT_BOUNCE_DAYS", "soft_bounce_days", 0.01, False),
+    ("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate", 0, False),
+    ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate", 0, False),
+    ("SENDER_GUARD_MIN_SAMPLE", "guard_min_sample", 1, True),
+    ("SENDER_ACCOUNT_GUARD_WINDOW", "account_guard_window", 1, True),
+    ("SENDER_EVENTS_RETENTION_DAYS", "events_retention_days", 1, False),
+    ("SENDER_GUARD_INTERVAL", "guard_interval", 0.05, False),
+    ("SENDER_MAX_ATTEMPTS", "max_attempts", 1, True),
+    ("SENDER_RETRY_BASE_SECONDS", "retry_base_seconds", 0.01, False),
+    ("SENDER_RETRY_MAX_SECONDS", "retry_max_seconds", 0.01, False),
+    ("SENDER_CLAIM_BATCH", "claim_batch", 1, True),
+    ("SENDER_FLUSH_SIZE", "flush_size", 1, True),
+    ("SENDER_FLUSH_INTERVAL", "flush_interval", 0.01, False),
+    ("SENDER_POLL_INTERVAL", "poll_interval", 0.05, False),
+    ("SENDER_LEASE_SECONDS", "lease_seconds", 5, False),
+    ("SENDER_GRACE_SECONDS", "grace_seconds", 0, False),
+    ("SENDER_RATE_HEADROOM", "rate_headroom", 0, False),
+    ("SENDER_PROBE_INTERVAL", "probe_interval", 0.1, False),
+    ("SENDER_SEND_TIMEOUT", "send_timeout", 0.1, False),
+    ("SENDER_TEMPLATE_MAX_BYTES", "template_max_bytes", 1, True),
+    ("SENDER_HEARTBEAT_INTERVAL", "heartbeat_interval", 0.05, False),
+    ("SENDER_INSTANCE_TIMEOUT", "instance_timeout", 0.5, False),
+    ("SENDER_MATERIALISE_CHUNK", "materialise_chunk", 1, True),
+    ("SENDER_DB_POOL_SIZE", "db_pool_size", 1, True),
+    ("SENDER_DB_POOL_MIN", "db_pool_min", 0, True),
+    ("SENDER_DB_IDLE_SECONDS", "db_idle_seconds", 0, False),
+    ("SENDER_IDLE_POLL_INTERVAL", "idle_poll_interval", 0.05, False),
+    ("SENDER_DB_UNHEALTHY_SECONDS", "db_unhealthy_seconds", 0.1, False),
+    ("SENDER_DB_RETRY_MAX_SECONDS", "db_retry_max_seconds", 0.1, False),
+)
+
+
+def _numbers(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every numeric setting that is set, validated against its minimum (other bounds are checked after)."""
+    changes: dict[str, Any] = {}
+    for name, attr, minimum, integer in NUMBERS:
+        value = _number(env, name, minimum=minimum, integer=integer)
+        if value is not None:
+            changes[attr] = value
+    return changes
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -267,32 +300,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     }
     level = _choice(env, "SENDER_LOG_LEVEL", ("debug", "info", "warning", "error"))
     changes["log_level"] = (level or s.log_level).upper()
-    port = _number(env, "SENDER_HTTP_PORT", minimum=0, integer=True)
-    if port is not None:
-        if port > 65535:
-            raise ConfigError(f"SENDER_HTTP_PORT: must be at most 65535, got {port}")
-        changes["http_port"] = port
-    for name, attr, minimum, integer in (
-        ("SENDER_MAX_ATTEMPTS", "max_attempts", 1, True),
-        ("SENDER_RETRY_BASE_SECONDS", "retry_base_seconds", 0.01, False),
-        ("SENDER_RETRY_MAX_SECONDS", "retry_max_seconds", 0.01, False),
-        ("SENDER_CLAIM_BATCH", "claim_batch", 1, True),
-        ("SENDER_FLUSH_SIZE", "flush_size", 1, True),
-        ("SENDER_FLUSH_INTERVAL", "flush_interval", 0.01, False),
-        ("SENDER_POLL_INTERVAL", "poll_interval", 0.05, False),
-        ("SENDER_LEASE_SECONDS", "lease_seconds", 5, False),
-        ("SENDER_GRACE_SECONDS", "grace_seconds", 0, False),
-        ("SENDER_RATE_HEADROOM", "rate_headroom", 0, False),
-        ("SENDER_PROBE_INTERVAL", "probe_interval", 0.1, False),
-        ("SENDER_SEND_TIMEOUT", "send_timeout", 0.1, False),
-        ("SENDER_TEMPLATE_MAX_BYTES", "template_max_bytes", 1, True),
-        ("SENDER_HEARTBEAT_INTERVAL", "heartbeat_interval", 0.05, False),
-        ("SENDER_INSTANCE_TIMEOUT", "instance_timeout", 0.5, False),
-        ("SENDER_MATERIALISE_CHUNK", "materialise_chunk", 1, True),
-    ):
-        value = _number(env, name, minimum=minimum, integer=integer)
-        if value is not None:
-            changes[attr] = value
+    changes.update(_numbers(env))
+    if changes.get("http_port", 0) > 65535:
+        raise ConfigError(f"SENDER_HTTP_PORT: must be at most 65535, got {changes['http_port']}")
     if changes.get("rate_headroom", 0) >= 0.5:
         raise ConfigError("SENDER_RATE_HEADROOM: must be below 0.5 (a fraction of the cap)")
     changes.update(_deliverability(env, changes))
@@ -307,7 +317,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         changes["from_email"] = _from_address(changes["from_email"])
     if instance := _optional(env, "SENDER_INSTANCE_ID"):
         changes["instance_id"] = instance
-    changes.update(_database_settings(env, s))
+    changes.update(_database_settings(env, s, changes))
     return replace(s, **changes)
 
 
@@ -362,25 +372,14 @@ def _from_address(raw: str) -> str:
     return raw
 
 
-def _database_settings(env: Mapping[str, str], s: Settings) -> dict[str, Any]:
+def _database_settings(env: Mapping[str, str], s: Settings, numbers: Mapping[str, Any]) -> dict[str, Any]:
     """Connection budget, pooler topology and database health timings (README "Sizing PostgreSQL")."""
     changes: dict[str, Any] = {
         "db_pooler": _choice(env, "SENDER_DB_POOLER", ("direct", "session", "transaction")) or s.db_pooler,
         "listen_database_url": _dsn(env, "SENDER_LISTEN_DATABASE_URL"),
     }
-    for name, attr, minimum, integer in (
-        ("SENDER_DB_POOL_SIZE", "db_pool_size", 1, True),
-        ("SENDER_DB_POOL_MIN", "db_pool_min", 0, True),
-        ("SENDER_DB_IDLE_SECONDS", "db_idle_seconds", 0, False),
-        ("SENDER_IDLE_POLL_INTERVAL", "idle_poll_interval", 0.05, False),
-        ("SENDER_DB_UNHEALTHY_SECONDS", "db_unhealthy_seconds", 0.1, False),
-        ("SENDER_DB_RETRY_MAX_SECONDS", "db_retry_max_seconds", 0.1, False),
-    ):
-        value = _number(env, name, minimum=minimum, integer=integer)
-        if value is not None:
-            changes[attr] = value
-    size = changes.get("db_pool_size", s.db_pool_size)
-    floor = changes.get("db_pool_min", min(s.db_pool_min, size))
+    size = numbers.get("db_pool_size", s.db_pool_size)
+    floor = numbers.get("db_pool_min", min(s.db_pool_min, size))
     if floor > size:
         raise ConfigError(f"SENDER_DB_POOL_MIN: must not exceed SENDER_DB_POOL_SIZE ({size}), got {floor}")
     changes["db_pool_min"] = floor
