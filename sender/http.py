@@ -20,6 +20,7 @@ from sender.db import DB_ERRORS, QUERIES
 from sender.db.health import DatabaseHealth
 from sender.deliverability import Deliverability
 from sender.guard import deliverability_by_campaign
+from sender.listening import Listener
 from sender.metrics import Metrics
 from sender.progress import progress_from
 
@@ -56,7 +57,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 class OpsServer:
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener()
         self.port = 0
 
     def app(self) -> web.Application:
@@ -72,18 +73,11 @@ class OpsServer:
 
     async def start(self) -> int:
         s = self.daemon.settings
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.http_host, s.http_port)
-        await site.start()
-        server: Any = site._server
-        self.port = server.sockets[0].getsockname()[1] if server is not None else s.http_port
+        self.port = await self._listener.start(self.app(), s.http_host, s.http_port)
         return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
 
     # -- health -------------------------------------------------------------------------------
 

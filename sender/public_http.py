@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from sender.config import ConfigError, Settings
 from sender.db import DB_ERRORS, QUERIES
+from sender.listening import Listener
 from sender.logs import get_logger, mask_email
 from sender.suppression import suppression_key
 from sender.tokens import verify_unsubscribe_token
@@ -65,7 +65,7 @@ class PublicServer:
         self.pool = pool
         self._events = events
         self._on_unsubscribe = on_unsubscribe
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener()
         self.port = 0
 
     def app(self) -> web.Application:
@@ -79,23 +79,15 @@ class PublicServer:
 
     async def start(self) -> int:
         s = self.settings
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.public_http_host, s.public_http_port)
         try:
-            await site.start()
+            self.port = await self._listener.start(self.app(), s.public_http_host, s.public_http_port or 0)
         except OSError as exc:
-            await self._runner.cleanup()
             raise ConfigError(f"SENDER_PUBLIC_HTTP_PORT: cannot listen on {s.public_http_host}:"
                               f"{s.public_http_port} ({exc.strerror or exc})") from None
-        server: Any = site._server
-        self.port = server.sockets[0].getsockname()[1] if server is not None else (s.public_http_port or 0)
         return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
 
     async def healthz(self, request: web.Request) -> web.Response:
         """For load balancers and `sender doctor`: the public listener answers."""
