@@ -24,7 +24,7 @@ from sender.campaigns import CampaignPlan
 from sender.config import ConfigError, Settings
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.db.health import DatabaseHealth
-from sender.db.migrate import available_migrations
+from sender.db.migrate import check_schema
 from sender.db.pool import connection_budget, open_pool
 from sender.db.wakeups import Wakeups
 from sender.deliverability import Deliverability
@@ -147,7 +147,7 @@ class Daemon:
 
     async def _serve(self, ses: SesClient, force: asyncio.Event | None) -> None:
         s = self.settings
-        await self._check_schema()
+        await check_schema(self.pool)
         await self.account.refresh(ses, first=True)
         self._ctx = self._context(ses)
         ses.gate_wire(self._ctx.account_window.acquire)
@@ -189,10 +189,11 @@ class Daemon:
         sup, stop, ctx, pool = self.supervisor, self._stop, self.ctx, self.pool
         sup.start("heartbeat", lambda: self.heartbeat.run(stop))
         sup.start("write-back", ctx.buffer.run)
-        sup.start("tick", self._tick_loop)
+        sup.start("tick", lambda: self.tick.loop(self._stop, self._wake))
         sup.start("materialiser", lambda: self.materialiser.run(stop))
         sup.start("probe", lambda: self.account.probe_loop(ses, pool, stop))
-        sup.start("systemd", self._systemd_loop)
+        sup.start("systemd", lambda: self.notifier.watch(self.ready, lambda: self.health()[0], self._stop,
+                                                          f"sending; cap {self.rate.cap:g}/s"))
 
     async def _shutdown(self, force: asyncio.Event | None) -> None:
         """Stop claiming, let every in-flight send finish within the grace period, flush, hand back."""
@@ -246,18 +247,6 @@ class Daemon:
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)
-
-    async def _check_schema(self) -> None:
-        """Refuse to run against a database that `sender migrate` has not brought up to date."""
-        wanted = [version for version, _ in available_migrations()]
-        try:
-            applied = {r["version"] for r in await self.pool.fetch(QUERIES["migrations_applied"])}
-        except asyncpg.UndefinedTableError:
-            applied = set()
-        missing = [v for v in wanted if v not in applied]
-        if missing:
-            raise ConfigError(f"DATABASE_URL: the schema is not up to date (missing {', '.join(missing)}): "
-                              "run `sender migrate`")
 
     # -- state the tick, the runners and the ops endpoints share ----------------------------------
 
@@ -361,35 +350,3 @@ class Daemon:
         self.wake_tick()
 
     # -- loops ------------------------------------------------------------------------------------
-
-    async def _tick_loop(self) -> None:
-        backoff = Backoff(initial=0.1, cap=1.0)
-        while not self._stop.is_set():
-            try:
-                await self.tick.run()
-                self.db_ok = True
-                self.db_health.succeeded()
-                self.ready.set()
-                backoff.reset()
-                wait = self.wakeups.next_wait(self.busy)
-            except DB_ERRORS as exc:
-                self.db_ok = False
-                problem = self.db_health.failed(exc)
-                wait = backoff.next()
-                log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=wait)
-            self.last_tick = time.monotonic()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-
-    async def _systemd_loop(self) -> None:
-        """READY=1 after the first good tick; WATCHDOG=1 only while healthy."""
-        if not self.notifier.enabled:
-            return
-        await self.ready.wait()
-        self.notifier.notify("READY=1", f"STATUS=sending; cap {self.rate.cap:g}/s")
-        interval = self.notifier.watchdog_interval
-        while interval and not self._stop.is_set():
-            if self.health()[0]:
-                self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 class SystemdNotifier:
@@ -32,3 +33,16 @@ class SystemdNotifier:
             sock.sendall("\n".join(fields).encode())
             return True
         return False
+
+    async def watch(self, ready: asyncio.Event, healthy: Callable[[], bool], stop: asyncio.Event, status: str) -> None:
+        """READY=1 after the first good tick; then WATCHDOG=1 every half WatchdogSec, only while healthy,
+        so systemd restarts an instance that is alive but not working."""
+        if not self.enabled:
+            return
+        await ready.wait()
+        self.notify("READY=1", f"STATUS={status}")
+        interval = self.watchdog_interval
+        while interval and not stop.is_set():
+            if healthy():
+                self.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)

@@ -10,6 +10,7 @@ here waits on big work: materialisation runs on its own task (Materialiser).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,29 @@ class Tick:
         self.db_failed = False
         self._last_run = time.monotonic()
         self._last_progress_log = 0.0
+
+    async def loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Tick every poll interval, or at once when `wake` is set; a tick the database failed is retried
+        after a backoff capped at 1 s, so sending resumes about a second after the database is back."""
+        d = self.d
+        backoff = Backoff(initial=0.1, cap=1.0)
+        while not stop.is_set():
+            try:
+                await self.run()
+                d.db_ok = True
+                d.db_health.succeeded()
+                d.ready.set()
+                backoff.reset()
+                wait = d.wakeups.next_wait(d.busy)
+            except DB_ERRORS as exc:
+                d.db_ok = False
+                problem = d.db_health.failed(exc)
+                wait = backoff.next()
+                log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=wait)
+            d.last_tick = time.monotonic()
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), wait)
 
     async def run(self) -> None:
         """One tick; raises only when the overview itself cannot be read (the database is down)."""

@@ -40,3 +40,18 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             await conn.execute(QUERIES["migration_record"], version)
         applied_now.append(version)
     return applied_now
+
+
+async def check_schema(conn: asyncpg.Connection | asyncpg.Pool) -> None:
+    """Refuse to run against a database that `sender migrate` has not brought up to date."""
+    from sender.config import ConfigError
+
+    wanted = [version for version, _ in available_migrations()]
+    try:
+        applied = {r["version"] for r in await conn.fetch(QUERIES["migrations_applied"])}
+    except asyncpg.UndefinedTableError:
+        applied = set()
+    missing = [v for v in wanted if v not in applied]
+    if missing:
+        raise ConfigError(f"DATABASE_URL: the schema is not up to date (missing {', '.join(missing)}): "
+                          "run `sender migrate`")
