@@ -53,7 +53,7 @@ class Pruned:
 async def prune(conn: asyncpg.Connection, age: timedelta, *, dry_run: bool = False, chunk: int = 2000,
                 out: TextIO | None = None) -> list[Pruned]:
     """Remove (or with dry_run, count) the recipient rows of campaigns finished before now - age."""
-    cutoff = await conn.fetchval("SELECT now() - $1::interval", age)
+    cutoff = await conn.fetchval(QUERIES["prune_cutoff"], age)
     done: list[Pruned] = []
     for row in await conn.fetch(QUERIES["prune_candidates"], cutoff):
         item = Pruned(row["id"], row["name"], row["status"], row["finished_at"], 0)

@@ -627,3 +627,28 @@ SELECT pulled_until FROM ses_suppression_sync WHERE id = 1
 
 -- ses_sync_set_pulled_until --
 UPDATE ses_suppression_sync SET pulled_until = $1 WHERE id = 1
+
+-- ===== the demo: it stands in for the main app, which seeds contacts, a template and campaigns =====
+
+-- demo_seed_contacts --
+INSERT INTO contacts (email, first_name, last_name, country, attributes)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+
+-- demo_seed_template --
+INSERT INTO templates (name, subject, content_html) VALUES ($1, $2, $3) RETURNING id
+
+-- demo_queue_campaign --
+INSERT INTO campaigns (name, template_id, target_rules, status) VALUES ($1, $2, $3, 'queued') RETURNING id
+
+-- demo_campaign_events --
+SELECT delivered_count, hard_bounced_count, complained_count, unsubscribed_count, template_id
+  FROM campaigns WHERE id = $1
+
+-- campaign_total --
+SELECT total_count FROM campaigns WHERE id = $1
+
+-- contacts_count --
+SELECT count(*) FROM contacts
+
+-- prune_cutoff --
+SELECT now() - $1::interval

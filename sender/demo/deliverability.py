@@ -17,6 +17,7 @@ import aiohttp
 import asyncpg
 
 from sender.config import Settings
+from sender.db import QUERIES
 from sender.demo.fakeses import FakeSES, ReceivedMessage
 from sender.demo.fakesqs import FakeSQS
 
@@ -119,17 +120,14 @@ class DeliverabilityDemo:
                     link, data="List-Unsubscribe=One-Click",
                     headers={"Content-Type": "application/x-www-form-urlencoded"}) as resp:
                 out.write(f"one-click unsubscribe of one recipient: HTTP {resp.status}\n")
-        row = await conn.fetchrow("SELECT delivered_count, hard_bounced_count, complained_count, unsubscribed_count,"
-                                  " template_id FROM campaigns WHERE id = $1", campaign_id)
-        second = int(await conn.fetchval(
-            "INSERT INTO campaigns (name, template_id, target_rules, status) "
-            "VALUES ('Demo follow-up', $1, '{}'::jsonb, 'queued') RETURNING id", row["template_id"]))
+        row = await conn.fetchrow(QUERIES["demo_campaign_events"], campaign_id)
+        second = int(await conn.fetchval(QUERIES["demo_queue_campaign"], "Demo follow-up", row["template_id"], {}))
         for _ in range(1200):  # the daemon picks it up within a tick; sending takes as long as it takes
-            if await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", second) not in ("queued", "sending"):
+            if await conn.fetchval(QUERIES["campaign_status"], second) not in ("queued", "sending"):
                 break
             await asyncio.sleep(0.2)
-        total = int(await conn.fetchval("SELECT total_count FROM campaigns WHERE id = $1", second))
-        contacts = int(await conn.fetchval("SELECT count(*) FROM contacts"))
+        total = int(await conn.fetchval(QUERIES["campaign_total"], second))
+        contacts = int(await conn.fetchval(QUERIES["contacts_count"]))
         return LoopResult(delivered=row["delivered_count"], bounced=row["hard_bounced_count"],
                           complained=row["complained_count"], unsubscribed=row["unsubscribed_count"],
                           second_campaign=second, second_recipients=total, left_out=contacts - total)

@@ -51,8 +51,7 @@ async def seed(conn: Any, recipients: int) -> int:
     """Contacts, one template and one queued campaign targeting all subscribed contacts."""
     rows = range(recipients)
     await conn.execute(
-        "INSERT INTO contacts (email, first_name, last_name, country, attributes) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])",
+        QUERIES["demo_seed_contacts"],
         [f"user{i:06d}@demo.example.net" for i in rows],
         [FIRST_NAMES[i % len(FIRST_NAMES)] for i in rows],
         ["Demo"] * recipients,
@@ -60,13 +59,9 @@ async def seed(conn: Any, recipients: int) -> int:
         [{"plan": "pro" if i % 3 == 0 else "free"} for i in rows],
     )
     template_id = await conn.fetchval(
-        "INSERT INTO templates (name, subject, content_html) VALUES ($1, $2, $3) RETURNING id",
-        "demo", "News for {{ first_name }}", TEMPLATE_HTML,
+        QUERIES["demo_seed_template"], "demo", "News for {{ first_name }}", TEMPLATE_HTML,
     )
-    return int(await conn.fetchval(
-        "INSERT INTO campaigns (name, template_id, target_rules, status) VALUES ($1, $2, $3, 'queued') RETURNING id",
-        "Demo campaign", template_id, {},
-    ))
+    return int(await conn.fetchval(QUERIES["demo_queue_campaign"], "Demo campaign", template_id, {}))
 
 
 async def _progress(conn: Any, campaign_id: int, out: TextIO, started: float, done: asyncio.Event) -> None:
