@@ -18,6 +18,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from sender import budget as rb
+from sender.budget_filters import account, budgeted_filter, check_replace
+from sender.budget_syntax import INTERNAL_FILTERS, Instrument
 from sender.htmltext import html_to_text
 
 MAX_LOOP_ITEMS = 10_000
@@ -87,12 +89,12 @@ class CampaignSandbox(SandboxedEnvironment):
         )
         self.globals["range"] = _bounded_range
         self.globals["lipsum"] = _disabled  # lipsum(n=10**6) is a cheap way to burn CPU
-        self.filters = {name: rb.budgeted_filter(name, f) for name, f in self.filters.items()}
-        self.filters.update(rb.INTERNAL_FILTERS)
+        self.filters = {name: budgeted_filter(name, f) for name, f in self.filters.items()}
+        self.filters.update(INTERNAL_FILTERS)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
-        rb.Instrument().visit(tree)
+        Instrument().visit(tree)
         return tree
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
@@ -138,7 +140,7 @@ class CampaignSandbox(SandboxedEnvironment):
             args = _sized_string_method(__obj.__name__, owner, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
         if budget is not None:
-            rb.account(budget, result)
+            account(budget, result)
             if isinstance(owner, (list, dict, set)) and len(owner) > rb.MAX_ITEMS:
                 raise rb.BudgetExceeded(f"a collection of over {rb.MAX_ITEMS} items")
         return result
@@ -163,7 +165,7 @@ class CampaignSandbox(SandboxedEnvironment):
         result = self.binop_table[operator_name](left, right)
         budget = rb.active()
         if budget is not None:
-            rb.account(budget, result)
+            account(budget, result)
         return result
 
 
@@ -182,7 +184,7 @@ def _sized_string_method(name: str, owner: str | bytes, args: tuple[Any, ...], k
         rb.expect(len(owner) * max(len(items) - 1, 0) + sum(rb.size_of(i) for i in items), "join")
         return (items, *args[1:])
     elif name == "replace" and len(args) >= 2 and isinstance(owner, str):
-        rb.check_replace(owner, *args)
+        check_replace(owner, *args)
     elif name == "translate" and args and isinstance(args[0], dict):
         longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
         rb.expect(len(owner) * max(longest, 1), "translate")
