@@ -10,8 +10,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sender.config import ConfigError, Settings, load_settings, redact_dsn
+from sender.config import ConfigError, Settings, load_settings
 from sender.logs import configure_logging
+from sender.redact import redact_dsn
 
 
 def _parser() -> argparse.ArgumentParser:

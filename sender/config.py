@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
+
+from sender.redact import redact_dsn
 
 
 class ConfigError(Exception):
@@ -112,30 +113,6 @@ class Settings:
             raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
         if not self.from_email:
             raise ConfigError("SES_FROM_EMAIL is not set: the default verified From address")
-
-
-_DSN_SECRET_PARAMS = re.compile(r"(?i)(^|&)((?:ssl)?password)=[^&]*")
-_KEYWORD_SECRETS = re.compile(r"""(?i)\b((?:ssl)?password)\s*=\s*(?:'(?:[^'\\]|\\.)*'?|\S*)""")
-
-
-def redact_dsn(dsn: str | None) -> str | None:
-    """The DSN without its passwords (user:password@, ?password=, ?sslpassword=, key=value form),
-    for logs, errors and repr."""
-    if not dsn:
-        return dsn
-    if "://" not in dsn:  # libpq key=value form: host=db password='x y'
-        return _KEYWORD_SECRETS.sub(r"\1=***", dsn)
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "(malformed DSN)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    query = _DSN_SECRET_PARAMS.sub(r"\1\2=***", parts.query)
-    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _number(env: Mapping[str, str], name: str, *, minimum: float, integer: bool = False) -> Any:

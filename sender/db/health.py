@@ -3,28 +3,15 @@ long it has failed without a break: read by /readyz, /healthz, the systemd watch
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
-_DSN_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
-
-
-def redact(text: str, *dsns: str | None) -> str:
-    """`text` without passwords: those of the given DSNs, and any DSN- or keyword-style one."""
-    for dsn in dsns:
-        password = urlsplit(dsn).password if dsn else None
-        if password:
-            text = text.replace(password, "***")
-    text = _DSN_PASSWORD.sub(r"\1***@", text)
-    return _KEYWORD_PASSWORD.sub(r"\1***", text)
+from sender.redact import redact
 
 
 @dataclass(frozen=True)

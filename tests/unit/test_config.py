@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from sender.config import ConfigError, load_settings, redact_dsn
+from sender.config import ConfigError, load_settings
+from sender.redact import redact_dsn
 
 
 def test_defaults() -> None:
