@@ -400,3 +400,35 @@ async def test_write_back_claims_and_recovery_never_deadlock(db_url: str, db: as
         await pool.close()
     assert errors == []
     assert (await recipient_counts(db, campaign)).get("sent", 0) > 0
+
+
+async def test_recipients_materialise_in_chunks_off_the_tick(db: asyncpg.Connection, settings: Settings,
+                                                             fake_ses: FakeSES) -> None:
+    """Materialisation runs in short keyset chunks (here 50 contacts per statement), saving its cursor;
+    the campaign sends while it materialises and completes only once every chunk is in."""
+    await add_contacts(db, 400, country="US")
+    await add_contacts(db, 100, start=400, country="FR")
+    campaign = await add_campaign(db, await add_template(db), rules={"country": ["US"]})
+    async with running_daemon(settings.with_overrides(materialise_chunk=50)):
+        await wait_for(lambda: _status_is(db, campaign, "sent"), timeout=60)
+    row = await db.fetchrow("SELECT total_count, materialise_cursor, materialised_at FROM campaigns WHERE id = $1",
+                            campaign)
+    assert row["total_count"] == 400 and row["materialised_at"] is not None
+    assert row["materialise_cursor"] == await db.fetchval("SELECT max(id) FROM contacts")
+    assert await recipient_counts(db, campaign) == {"sent": 400}
+    _once_each(fake_ses, 400)
+
+
+async def test_a_contact_unsubscribed_mid_campaign_is_skipped_at_a_slow_rate(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    """At 2/s a claim holds about two seconds of sending, so a status read at claim time is fresh: a
+    contact who unsubscribes while the campaign runs is skipped, not mailed from a stale claim."""
+    await add_contacts(db, 8)
+    campaign = await add_campaign(db, await add_template(db), rate=2)
+    async with running_daemon(settings):
+        await wait_for(lambda: _received(fake_ses, 1), timeout=30)
+        await db.execute("UPDATE contacts SET status = 'unsubscribed' WHERE email = 'user7@example.org'")
+        await wait_for(lambda: _status_is(db, campaign, "sent"), timeout=60)
+    row = await db.fetchrow("SELECT status, error_code FROM campaign_recipients WHERE email = 'user7@example.org'")
+    assert (row["status"], row["error_code"]) == ("skipped", "ContactUnsubscribed")
+    assert "user7@example.org" not in {m.to[0] for m in fake_ses.messages}
