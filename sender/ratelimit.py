@@ -24,7 +24,7 @@ class SlidingWindow:
     1/rate seconds, so a 0.5/s share never sends two in one second.
     """
 
-    def __init__(self, rate: float, *, margin: float = 0.02) -> None:
+    def __init__(self, rate: float, *, margin: float = 0.03) -> None:
         self._margin = margin
         self._times: deque[float] = deque()
         self.limit = 1

@@ -14,7 +14,8 @@ HOSTILE_TEMPLATES = {
     "{% for i in range(10**8) %}x{% endfor %}": "range() of 100000000 items exceeds the limit",
     "{{ 'x' * 10**9 }}": "repetition builds a value over the size limit",
     "{% include 'x.html' %}": "TemplateNotFound",
-    "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}": "RecursionError",
+    # unbounded recursion: Python's recursion limit or the render budget, whichever a machine hits first
+    "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}": ("RecursionError", "render budget"),
     "{{ first_name | no_such_filter }}": "No filter named 'no_such_filter'",
     "x" * 600_000: "larger than the 524288-byte limit",
 }
@@ -62,7 +63,8 @@ async def test_bad_input_is_contained(db: asyncpg.Connection, settings: Settings
 
     errors = {r["id"]: r["error"] for r in await db.fetch("SELECT id, error FROM campaigns")}
     for cid, expected in {**bad_templates, **bad_rules}.items():
-        assert expected in errors[cid], (cid, errors[cid])
+        alternatives = expected if isinstance(expected, tuple) else (expected,)
+        assert any(text in errors[cid] for text in alternatives), (cid, errors[cid])
     assert "does not exist (deleted?)" in errors[deleted]
     assert await db.fetchval("SELECT count(*) FROM campaign_recipients WHERE campaign_id <> $1", good) == 0
     assert await db.fetchval("SELECT count(*) FROM contacts") == 5
