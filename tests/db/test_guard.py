@@ -102,7 +102,9 @@ async def test_daemon_pauses_a_bouncing_campaign_and_shows_why(db: asyncpg.Conne
             metrics = await (await http.get(f"http://127.0.0.1:{daemon.ops.port}/metrics")).text()
     assert ready["ready"] is True and ready["guard_paused"][0]["id"] == campaign
     assert "bounce rate" in ready["guard_paused"][0]["paused_reason"]
-    assert summary["hard_bounced"] == 10 and summary["paused_reason"].startswith("guard: bounce rate")
+    # the campaign guard or the account-wide one, whichever evaluates first once the sample is large enough
+    assert summary["hard_bounced"] == 10
+    assert summary["paused_reason"].startswith(("guard: bounce rate", "account guard: bounce rate"))
     assert 'sender_guard_paused_total{scope="campaign"} 1.0' in metrics
     from sender.admin_cli import campaign_command
     from sender.cli import _parser
