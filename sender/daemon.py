@@ -76,7 +76,6 @@ class Daemon:
         self.failed_campaigns: dict[int, SendFailure] = {}
         self.ready = asyncio.Event()
         self.last_tick = 0.0
-        self.db_ok = False
         self.tick = Tick(self)
         self.materialiser = Materialiser(self)
         self._wake = asyncio.Event()
@@ -134,7 +133,6 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 pool = await open_pool(self.settings)
-                self.db_ok = True
                 self.db_health.succeeded()
                 return pool
             except DB_ERRORS as exc:
@@ -249,6 +247,11 @@ class Daemon:
                 await asyncio.wait_for(self._pool.close(), 5)
 
     # -- state the tick, the runners and the ops endpoints share ----------------------------------
+
+    @property
+    def db_ok(self) -> bool:
+        """The database loop's last attempt succeeded (one state, kept by db_health)."""
+        return self.db_health.ok
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -30,7 +30,6 @@ class DaemonView(Protocol):
 
     settings: Settings
     metrics: Metrics
-    db_ok: bool
     db_health: DatabaseHealth
     ready: asyncio.Event
     deliverability: Deliverability | None

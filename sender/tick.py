@@ -48,13 +48,11 @@ class Tick:
         while not stop.is_set():
             try:
                 await self.run()
-                d.db_ok = True
                 d.db_health.succeeded()
                 d.ready.set()
                 backoff.reset()
                 wait = d.wakeups.next_wait(d.busy)
             except DB_ERRORS as exc:
-                d.db_ok = False
                 problem = d.db_health.failed(exc)
                 wait = backoff.next()
                 log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=wait)
