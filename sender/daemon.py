@@ -29,13 +29,15 @@ from sender.db.pool import connection_budget, open_pool
 from sender.db.wakeups import Wakeups
 from sender.deliverability import Deliverability
 from sender.delivery import SendContext
-from sender.heartbeat import Heartbeat
+from sender.heartbeat import Heartbeat, InstanceReport
 from sender.http import OpsServer
 from sender.logs import get_logger
 from sender.metrics import Metrics
-from sender.ratelimit import AccountRate, Pacer, SlidingWindow
+from sender.rate_metrics import ClusterMetrics
+from sender.ratelimit import AccountRate
 from sender.runner import CampaignRunner
 from sender.ses import RetryPolicy, SendFailure, SesClient, open_ses
+from sender.shared_rate import ACCOUNT, BudgetCounters, SharedRate, wire_gate
 from sender.supervisor import Supervisor
 from sender.systemd import SystemdNotifier
 from sender.tick import Materialiser, Tick
@@ -67,11 +69,14 @@ class Daemon:
         self._tune_gc = tune_gc
         self._ses = ses
         self.metrics = Metrics()
+        self.cluster_metrics = ClusterMetrics(self.metrics.registry, self._budget_counters)
         self.notifier = SystemdNotifier()
         self.ops = OpsServer(self)
         self.rate = AccountRate(settings.max_rate or 1.0)
         self.account = Account(settings, self.rate, on_stop=self._release_all_queued, on_change=self.wake_tick)
-        self.heartbeat = Heartbeat(settings, self.metrics, on_live=self._set_instances)
+        self.heartbeat = Heartbeat(settings, self.metrics, on_live=self._set_instances, report=self._report)
+        self.instances: list[InstanceReport] = []
+        self._reported = (time.monotonic(), 0)  # when the heartbeat last reported, and the sends by then
         self.runners: dict[int, CampaignRunner] = {}
         self.failed_campaigns: dict[int, SendFailure] = {}
         self.ready = asyncio.Event()
@@ -148,7 +153,7 @@ class Daemon:
         await check_schema(self.pool)
         await self.account.refresh(ses, first=True)
         self._ctx = self._context(ses)
-        ses.gate_wire(self._ctx.account_window.acquire)
+        ses.gate_wire(wire_gate(self._ctx.account_budget))
         port = self.ops.port
         with contextlib.suppress(*DB_ERRORS):
             await self.heartbeat.beat()  # live count and a fresh heartbeat before the first claim
@@ -175,8 +180,10 @@ class Daemon:
             settings=s, pool=self._pool, ses=ses,
             buffer=ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
                                 metrics=self.metrics),
-            account=self.account, rate=self.rate, account_pacer=Pacer(self.rate.share, headroom=s.rate_headroom),
-            account_window=SlidingWindow(self.rate.share), concurrency=concurrency,
+            account=self.account, rate=self.rate,
+            account_budget=SharedRate(self._pool, ACCOUNT, self.rate.cap, demand=self._ready_rows,
+                                      margin=s.rate_headroom),
+            concurrency=concurrency,
             inflight=asyncio.Semaphore(concurrency),
             retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
                               cap_seconds=s.retry_max_seconds),
@@ -271,7 +278,8 @@ class Daemon:
         return self._ctx.in_flight() if self._ctx is not None else 0
 
     def current_rate(self) -> float:
-        return self.rate.share
+        """The account rate in force for every instance (the cap, less the margin and any throttling cut)."""
+        return self._ctx.account_budget.effective if self._ctx is not None else self.rate.cap
 
     @property
     def gate(self) -> AccountGate:
@@ -303,11 +311,12 @@ class Daemon:
         m = self.metrics
         m.in_flight.set(self.in_flight())
         m.rate_limit.set(self.current_rate())
+        self.cluster_metrics.shared_rate.set(self.current_rate())
         m.sending_stopped.set(0 if self.account.gate.is_open else 1)
         m.instances.set(self.rate.instances)
         m.heartbeat_age.set(max(0.0, min(self.heartbeat.age(), 1e9)))
         m.refresh_operator_gauges(cap=self.rate.cap,
-                                  campaign_rates={c: r.limit.rate for c, r in self.runners.items()},
+                                  campaign_rates={c: r.rate for c, r in self.runners.items()},
                                   buffered=len(self._ctx.buffer) if self._ctx else 0, last_tick=self.last_tick,
                                   db_ok=self.db_ok, account=self.account.info)
 
@@ -318,11 +327,11 @@ class Daemon:
         held.update(self.ctx.buffer.ids())
         return held
 
-    def start_runner(self, plan: CampaignPlan, rate: float) -> None:
+    def start_runner(self, plan: CampaignPlan, rate: float | None) -> None:
         runner = CampaignRunner(plan, self.ctx, rate, self.held_ids)
         self.runners[plan.id] = runner
         runner.start()
-        log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.limit.rate, 3))
+        log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.rate, 3))
 
     async def stop_runner(self, campaign_id: int, mode: str) -> None:
         runner = self.runners.pop(campaign_id, None)
@@ -330,12 +339,26 @@ class Daemon:
             await runner.stop(mode)
         self.metrics.forget_campaign(campaign_id)
 
-    def _set_instances(self, live: int) -> None:
-        if live != self.rate.instances:
-            self.rate.instances = live
-            if self._ctx is not None:
-                self._ctx.apply_rate()
-            self.wake_tick()
+    def _budget_counters(self) -> dict[str, BudgetCounters]:
+        if self._ctx is None:
+            return {}
+        return {"account": self._ctx.account_budget.counters, "campaign": self._ctx.campaign_budgets}
+
+    def _ready_rows(self) -> int:
+        """Rows queued to send soon on this instance: what it asks the account budget for."""
+        return sum(runner.ready() for runner in self.runners.values())
+
+    def _report(self) -> tuple[float, list[int]]:
+        """This instance's send rate since the last heartbeat, and the campaigns it is sending."""
+        now, sent = time.monotonic(), self._ctx.sent_count if self._ctx is not None else 0
+        then, before = self._reported
+        self._reported = (now, sent)
+        return (sent - before) / max(now - then, 1e-3), sorted(self.runners)
+
+    def _set_instances(self, live: list[InstanceReport]) -> None:
+        self.instances = live
+        self.rate.instances = len(live)
+        self.cluster_metrics.instances(live)
 
     def _release_all_queued(self) -> None:
         for runner in self.runners.values():

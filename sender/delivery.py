@@ -21,8 +21,9 @@ from sender.heartbeat import Heartbeat
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome
 from sender.metrics import Metrics
-from sender.ratelimit import AccountRate, CampaignLimit, Pacer, SlidingWindow
-from sender.ses import CAMPAIGN_WIRE_GATE, ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
+from sender.ratelimit import AccountRate
+from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
+from sender.shared_rate import WIRE_PASS, BudgetCounters, SharedRate, WirePass
 from sender.writeback import ResultBuffer
 
 log = get_logger("sender.delivery")
@@ -38,8 +39,7 @@ class SendContext:
     buffer: ResultBuffer
     account: Account
     rate: AccountRate
-    account_pacer: Pacer  # even pacing at dispatch
-    account_window: SlidingWindow  # the hard per-second cap, at the wire (SesClient.gate_wire)
+    account_budget: SharedRate  # the account cap, shared with every instance (spent at the wire)
     concurrency: int
     inflight: asyncio.Semaphore
     retry: RetryPolicy
@@ -48,9 +48,13 @@ class SendContext:
     on_campaign_error: Callable[[int, SendFailure], None]
     deliveries: dict[asyncio.Task[None], int] = field(default_factory=dict)  # task -> recipient id
     claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    campaign_budgets: BudgetCounters = field(default_factory=BudgetCounters)  # all campaigns' budgets together
+    sent_count: int = 0  # sends accepted by SES on this instance, for the rate the heartbeat reports
 
     def finish(self, campaign_id: int, outcome: Outcome) -> None:
         """The one place an outcome is counted and queued for write-back."""
+        if outcome.status == "sent":
+            self.sent_count += 1
         if outcome.status == "pending":
             (self.metrics.retries if outcome.error_code else self.metrics.released).inc()
         else:
@@ -61,16 +65,16 @@ class SendContext:
         self.buffer.add(outcome)
 
     def apply_rate(self) -> None:
-        """Pace and cap this instance at its current share of the account rate."""
-        self.account_pacer.set_rate(self.rate.share)
-        self.account_window.set_rate(self.rate.share)
-        self.metrics.rate_limit.set(self.rate.share)
+        """The account budget follows the cap (SENDER_MAX_RATE or GetAccount)."""
+        self.account_budget.set_rate(self.rate.cap)
 
-    def throttled(self) -> None:
+    async def throttled(self) -> None:
+        """A 429: counted here, and the shared account budget is cut for every instance."""
         self.metrics.throttled.inc()
-        if self.rate.on_throttle():
-            self.apply_rate()
-            log.info("throttled_rate_cut", rate=round(self.rate.share, 2))
+        before = self.account_budget.effective
+        await self.account_budget.throttled()
+        if self.account_budget.effective < before:
+            log.info("throttled_rate_cut", rate=round(self.account_budget.effective, 2))
 
     def in_flight(self) -> int:
         return len(self.deliveries)
@@ -79,16 +83,15 @@ class SendContext:
 class Delivery:
     """Sends one message for one campaign; the outcome always reaches the buffer, even when cancelled."""
 
-    def __init__(self, ctx: SendContext, campaign_id: int, limit: CampaignLimit,
-                 is_stopping: Callable[[], bool]) -> None:
+    def __init__(self, ctx: SendContext, campaign_id: int, is_stopping: Callable[[], bool]) -> None:
         self.ctx = ctx
         self.campaign_id = campaign_id
-        self.limit = limit
         self._is_stopping = is_stopping
 
-    def start(self, row: Claimed, email: OutgoingEmail) -> None:
-        """Spawn the delivery task (the caller holds an `inflight` slot, released when it ends)."""
-        task = asyncio.create_task(self._run(row, email), name=f"deliver-{self.campaign_id}")
+    def start(self, row: Claimed, email: OutgoingEmail, wire: WirePass) -> None:
+        """Spawn the delivery task (the caller holds an `inflight` slot, released when it ends, and the
+        tokens in `wire`, spent right before the request goes out)."""
+        task = asyncio.create_task(self._run(row, email, wire), name=f"deliver-{self.campaign_id}")
         self.ctx.deliveries[task] = row.id
         task.add_done_callback(self._done)
 
@@ -96,9 +99,9 @@ class Delivery:
         self.ctx.deliveries.pop(task, None)
         self.ctx.inflight.release()
 
-    async def _run(self, row: Claimed, email: OutgoingEmail) -> None:
+    async def _run(self, row: Claimed, email: OutgoingEmail, wire: WirePass) -> None:
         ctx = self.ctx
-        CAMPAIGN_WIRE_GATE.set(self.limit.window.acquire)
+        WIRE_PASS.set(wire)
         try:
             ctx.finish(self.campaign_id, await self._attempt(row, email))
         except asyncio.CancelledError:
@@ -125,11 +128,10 @@ class Delivery:
                 return Outcome(row.id, "sent", row.attempts + 1, message_id=message_id, sent_at=datetime.now(UTC))
             if failure.kind is not ErrorKind.THROTTLED:
                 return self._after_failure(row, failure)
-            ctx.throttled()
+            await ctx.throttled()
             if self._is_stopping() or not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at):
                 return Outcome.handed_back(row)
-            await self.limit.pacer.acquire()
-            await ctx.account_pacer.acquire()
+            # the retry takes fresh tokens of the same budgets at the wire
 
     def _after_failure(self, row: Claimed, failure: SendFailure) -> Outcome:
         ctx = self.ctx

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -25,11 +26,22 @@ from sender.metrics import Metrics
 log = get_logger("sender.heartbeat")
 
 
+@dataclass(frozen=True)
+class InstanceReport:
+    """A live instance as its heartbeat describes it."""
+
+    id: str
+    send_rate: float
+    campaigns: tuple[int, ...]
+
+
 class Heartbeat:
-    def __init__(self, settings: Settings, metrics: Metrics, *, on_live: Callable[[int], None]) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, *, on_live: Callable[[list[InstanceReport]], None],
+                 report: Callable[[], tuple[float, list[int]]]) -> None:
         self.settings = settings
         self._metrics = metrics
         self._on_live = on_live
+        self._report = report
         self._conn: asyncpg.Connection | None = None
         self.last_ok = -float("inf")  # monotonic start of the last heartbeat that committed
         self._lapsed_at = -float("inf")
@@ -41,11 +53,12 @@ class Heartbeat:
         if self._conn is None or self._conn.is_closed():
             self._conn = await open_dedicated(s)
         started = time.monotonic()
-        live = await self._conn.fetchval(QUERIES["instance_heartbeat"], s.instance_id, s.instance_timeout,
-                                         timeout=max(1.0, s.heartbeat_interval * 5))
+        rate, campaigns = self._report()
+        rows = await self._conn.fetch(QUERIES["instance_heartbeat"], s.instance_id, s.instance_timeout,
+                                      rate, campaigns, timeout=max(1.0, s.heartbeat_interval * 5))
         self.last_ok = started
-        self.live = int(live)
-        self._on_live(self.live)
+        self.live = len(rows)
+        self._on_live([InstanceReport(r["id"], float(r["send_rate"]), tuple(r["campaigns"])) for r in rows])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat every heartbeat_interval until stopped; failures are logged and retried at once-ish."""

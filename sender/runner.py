@@ -2,8 +2,11 @@
 
 A claimer keeps a small local queue filled from the database; a dispatcher takes rows in order,
 settles the ones that must not be sent (skipped, invalid, unrenderable) without using a rate
-slot, and paces the ready ones under the campaign's and the account's rates before spawning a
-Delivery. No database lock is held while SES is called.
+slot, and waits for a token of the campaign's shared budget (when it has a rate) and of the
+account's before spawning a Delivery. Campaigns of one instance take account tokens in turn
+(FIFO), so each sending campaign gets an equal share of the cap, a campaign with rate_per_sec
+never more than its rate, and what one cannot use goes to the others. No database lock is held
+while SES is called.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.delivery import Delivery, SendContext
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome, prepare
-from sender.ratelimit import CampaignLimit
+from sender.shared_rate import SharedRate, WirePass, campaign_key
 
 log = get_logger("sender.runner")
 
@@ -30,22 +33,23 @@ log = get_logger("sender.runner")
 class CampaignRunner:
     """Sends one campaign from this instance until it is stopped."""
 
-    def __init__(self, plan: CampaignPlan, ctx: SendContext, rate: float,
+    def __init__(self, plan: CampaignPlan, ctx: SendContext, rate: float | None,
                  held_ids: Callable[[], set[int]]) -> None:
         self.plan = plan
         self.ctx = ctx
-        self.limit = CampaignLimit(rate, headroom=ctx.settings.rate_headroom)
+        self.budget: SharedRate | None = None  # the campaign's own shared budget, when it has a rate
         self.queue: deque[Claimed] = deque()
         self.cursor = 0
         self.stopping: str | None = None
         self._held_ids = held_ids
-        self._delivery = Delivery(ctx, plan.id, self.limit, lambda: self.stopping is not None)
+        self._delivery = Delivery(ctx, plan.id, lambda: self.stopping is not None)
         self._has_rows = asyncio.Event()
         self._wants_rows = asyncio.Event()
         self._wants_rows.set()
         self._check_due = True  # claim rows that came back, when the tick says some are due
         self._tasks: list[asyncio.Task[None]] = []
         self._in_hand: Claimed | None = None  # popped by the dispatcher, waiting for a rate slot
+        self.set_rate(rate)
 
     def held(self) -> list[int]:
         """Rows this runner holds that are neither in flight nor settled: queued, or waiting for a slot."""
@@ -54,13 +58,28 @@ class CampaignRunner:
             ids.append(self._in_hand.id)
         return ids
 
+    def ready(self) -> int:
+        """Rows ready to go soon: what this campaign asks its budgets for."""
+        return len(self.queue) + (self._in_hand is not None)
+
+    @property
+    def rate(self) -> float:
+        return self.budget.rate if self.budget is not None else self.ctx.rate.cap
+
     @property
     def batch_size(self) -> int:
         """About two seconds of sending: short enough that contact status read at claim time is fresh."""
-        return max(1, min(self.ctx.settings.claim_batch, math.ceil(self.limit.rate * 2)))
+        return max(1, min(self.ctx.settings.claim_batch, math.ceil(self.rate * 2)))
 
-    def set_rate(self, rate: float) -> None:
-        self.limit.set_rate(rate)
+    def set_rate(self, rate: float | None) -> None:
+        """The campaign's own rate (None: none, it shares the account's cap)."""
+        if rate is None:
+            self.budget = None
+        elif self.budget is None:
+            self.budget = SharedRate(self.ctx.pool, campaign_key(self.plan.id), rate, demand=self.ready,
+                                     margin=self.ctx.settings.rate_headroom, counters=self.ctx.campaign_budgets)
+        else:
+            self.budget.set_rate(rate)
 
     def retries_due(self) -> None:
         """The tick saw rows of this campaign due for another attempt."""
@@ -210,7 +229,7 @@ class CampaignRunner:
                 continue
             self._in_hand = row
             try:
-                await self._wait_for_slot()
+                wire = await self._wait_for_slot()
             except asyncio.CancelledError:
                 self.queue.appendleft(row)
                 raise
@@ -222,15 +241,18 @@ class CampaignRunner:
                 if not ctx.account.gate.is_open:
                     self.release_queued()  # the account stopped while we waited
                 continue
-            self._delivery.start(row, email)
+            self._delivery.start(row, email, wire)
 
-    async def _wait_for_slot(self) -> None:
-        """An in-flight slot, then the campaign's and the account's pacing; on cancel, nothing is held."""
+    async def _wait_for_slot(self) -> WirePass:
+        """An in-flight slot, then tokens of the campaign's and the account's budgets; on cancel,
+        nothing is held (tokens not spent are simply lost)."""
         ctx = self.ctx
         await ctx.inflight.acquire()
+        budgets = (self.budget, ctx.account_budget) if self.budget is not None else (ctx.account_budget,)
+        wire = WirePass(budgets)
         try:
-            await self.limit.pacer.acquire()
-            await ctx.account_pacer.acquire()
+            await wire.ready()
         except asyncio.CancelledError:
             ctx.inflight.release()
             raise
+        return wire

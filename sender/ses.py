@@ -10,7 +10,6 @@ import enum
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,11 +194,6 @@ class AccountInfo:
         )
 
 
-# The sending campaign's own hard cap, awaited at the wire like the account's (set per delivery task).
-CAMPAIGN_WIRE_GATE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("campaign_wire_gate",
-                                                                                   default=None)
-
-
 class SesClient:
     """The one SES v2 client an instance uses, with a hard per-call time limit."""
 
@@ -208,14 +202,11 @@ class SesClient:
         self._timeout = timeout
 
     def gate_wire(self, gate: Callable[[], Awaitable[None]]) -> None:
-        """Await the campaign's gate (CAMPAIGN_WIRE_GATE) and then `gate` right before each SendEmail
-        request goes on the wire, after signing: no event-loop stall between dispatch and the socket
-        can bunch arrivals at SES over either cap."""
+        """Await `gate` right before each SendEmail request goes on the wire, after signing: no
+        event-loop stall between dispatch and the socket can bunch arrivals at SES over a cap
+        (sender.shared_rate.wire_gate)."""
 
         async def before_send(**_: Any) -> None:
-            campaign_gate = CAMPAIGN_WIRE_GATE.get()
-            if campaign_gate is not None:
-                await campaign_gate()
             await gate()
 
         self._client.meta.events.register("before-send.sesv2.SendEmail", before_send)

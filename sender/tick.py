@@ -37,7 +37,6 @@ class Tick:
         self.d = daemon
         self.count = 0
         self.db_failed = False
-        self._last_run = time.monotonic()
         self._last_progress_log = 0.0
 
     async def loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
@@ -68,9 +67,6 @@ class Tick:
         self.db_failed = False
         await d.wakeups.ensure()
         overview = await pool.fetchrow(QUERIES["tick_overview"], timeout=10)
-        now = time.monotonic()
-        d.rate.recover(now - self._last_run)
-        self._last_run = now
         d.ctx.apply_rate()
         await self._step("account_hold", lambda: d.account.sync_hold(pool, overview))
         if overview["queued_due"]:
@@ -204,6 +200,7 @@ class Tick:
             recovered = len(await pool.fetch(QUERIES["recover_orphans_retry"], *args, timeout=30))
         if recovered:
             log.warning("recovered_orphaned_rows", rows=recovered, policy=s.crash_policy)
+        await pool.execute(QUERIES["rate_budgets_forget"], timeout=10)
 
 
 class Materialiser:

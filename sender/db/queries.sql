@@ -15,16 +15,19 @@ SELECT version FROM sender_migrations ORDER BY version
 INSERT INTO sender_migrations (version) VALUES ($1)
 
 -- instance_heartbeat --
--- The heartbeat, on its own connection and task: register or refresh this instance and count the
--- live ones (each takes an equal share of the account rate). Rows this instance holds stay valid
--- while this row is fresh, so nothing rewrites the held rows themselves (one write per second per
--- instance instead of one per held row).
+-- The heartbeat, on its own connection and task: register or refresh this instance with its send
+-- rate ($3) and the campaigns it is sending ($4), and list the live instances with theirs (for
+-- /metrics and `sender campaign status`). Rows this instance holds stay valid while this row is
+-- fresh, so nothing rewrites the held rows themselves (one write per second per instance instead
+-- of one per held row).
 WITH beat AS (
-    INSERT INTO sender_instances (id) VALUES ($1)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+    INSERT INTO sender_instances (id, send_rate, campaigns) VALUES ($1, $3, $4)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), send_rate = $3, campaigns = $4
 )
-SELECT 1 + (SELECT count(*) FROM sender_instances
-             WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2)) AS live
+SELECT $1 AS id, $3::float8 AS send_rate, $4::bigint[] AS campaigns
+UNION ALL
+SELECT id, send_rate, campaigns FROM sender_instances
+ WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2)
 
 -- instance_forget --
 DELETE FROM sender_instances WHERE id = $1 OR heartbeat_at < now() - interval '1 day'
@@ -51,6 +54,20 @@ SELECT h.reason AS hold_reason, h.code AS hold_code, h.set_by AS hold_set_by,
                    FROM campaigns c WHERE c.status = 'sending'), '[]'::jsonb) AS sending
   FROM sender_account_hold h
  WHERE h.id = 1
+
+-- rate_grant --
+-- Up to $3 consecutive slots of budget $1 at $2/s, none more than $4 s ahead (migration 0005).
+SELECT start_in, granted, spacing, retry_in FROM sender_rate_grant($1, $2, $3, $4, $5, $6)
+
+-- rate_throttle --
+-- A 429: cut budget $1 for every instance; returns the factor now in force.
+SELECT sender_rate_throttle($1, $2, $3)
+
+-- rate_budgets_forget --
+-- Budgets of campaigns that no longer send (the account's row stays).
+DELETE FROM sender_rate_budgets b
+ WHERE b.key LIKE 'campaign:%'
+   AND NOT EXISTS (SELECT 1 FROM campaigns c WHERE 'campaign:' || c.id = b.key AND c.status = 'sending')
 
 -- account_hold_set --
 UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $3

@@ -1,0 +1,146 @@
+"""The shared send budget (migration 0005, sender.shared_rate) against a real PostgreSQL.
+
+Several SharedRate objects on one key stand for several instances: each has its own pool, so the
+grants really race in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from sender.db import QUERIES
+from sender.shared_rate import ACCOUNT, LATE, QUIET_SECONDS, RECOVERY_PER_SECOND, SharedRate, WirePass
+from tests.helpers import max_in_window
+
+MARGIN = 0.02
+
+
+Pools = Callable[[], Awaitable[asyncpg.Pool]]
+
+
+@pytest.fixture
+async def pools(db_url: str) -> AsyncIterator[Pools]:
+    opened: list[asyncpg.Pool] = []
+
+    async def pool() -> asyncpg.Pool:
+        made = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+        opened.append(made)
+        return made
+
+    yield pool
+    for made in opened:
+        await made.close()
+
+
+async def _spend(budget: SharedRate, n: int) -> list[float]:
+    """Take n tokens one after another, as one busy instance would; the times they were spent."""
+    spent = []
+    for _ in range(n):
+        wire = WirePass((budget,))
+        await wire.spend()
+        spent.append(time.monotonic())
+    return spent
+
+
+async def test_three_instances_together_never_exceed_the_rate_in_any_second(
+        pools: Pools) -> None:
+    rate = 50.0
+    budgets = []
+    for _ in range(3):
+        pool = await pools()
+        budgets.append(SharedRate(pool, ACCOUNT, rate, demand=lambda: 100, margin=MARGIN))
+    results = await asyncio.gather(*(_spend(b, 60) for b in budgets))
+    times = sorted(itertools.chain.from_iterable(results))
+    assert len(times) == 180
+    assert max_in_window(times) <= rate, "the three together stay under the cap"
+    # the budget is shared, not split: together they run at about the whole rate
+    assert (len(times) - 1) / (times[-1] - times[0]) > rate * 0.9
+    assert all(len(r) == 60 for r in results) and all(b.counters.grants >= 1 for b in budgets)
+
+
+async def test_a_rate_of_one_per_second_shared_by_three_never_sends_two_in_a_second(
+        pools: Pools) -> None:
+    budgets = []
+    for _ in range(3):
+        pool = await pools()
+        budgets.append(SharedRate(pool, ACCOUNT, 1.0, demand=lambda: 1, margin=MARGIN))
+    results = await asyncio.gather(*(_spend(b, 1) for b in budgets))
+    times = sorted(itertools.chain.from_iterable(results))
+    assert max_in_window(times) == 1
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 1.0
+    assert sum(b.counters.refused for b in budgets) >= 1, "the third was told to come back later"
+
+
+async def test_tokens_of_a_stalled_instance_expire_and_are_never_used_late(pools: Pools) -> None:
+    pool = await pools()
+    budget = SharedRate(pool, ACCOUNT, 100.0, demand=lambda: 10, margin=MARGIN)
+    first = await budget.take()
+    held = budget.holding()
+    assert held >= 1, "a grant covers about 100 ms: several slots"
+    time.sleep(0.15)  # a blocked event loop: every slot it holds is now stale
+    late = time.monotonic()
+    token = await budget.take()
+    assert budget.counters.expired >= held
+    assert token.slot >= late - LATE, "no stale slot is handed out"
+    assert token.slot > first.slot
+
+
+async def test_a_dead_instances_tokens_are_not_handed_out_again(pools: Pools) -> None:
+    pool_a, pool_b = await pools(), await pools()
+    dead = SharedRate(pool_a, ACCOUNT, 20.0, demand=lambda: 2, margin=MARGIN)
+    await dead.take()
+    last_of_dead = dead._slots[-1]  # granted, never used: the instance "dies" here
+    alive = SharedRate(pool_b, ACCOUNT, 20.0, demand=lambda: 2, margin=MARGIN)
+    token = await alive.take()
+    assert token.slot >= last_of_dead + 1 / (20.0 * (1 - MARGIN)) - 0.002
+
+
+async def test_a_throttle_cuts_the_shared_rate_for_everyone_and_it_recovers(db: asyncpg.Connection) -> None:
+    args = (ACCOUNT, RECOVERY_PER_SECOND, QUIET_SECONDS)
+    await db.fetchrow(QUERIES["rate_grant"], ACCOUNT, 100.0, 1, 0.5, *args[1:])
+    assert await db.fetchval(QUERIES["rate_throttle"], *args) == pytest.approx(0.95), "a lone 429: 5%"
+    assert await db.fetchval(QUERIES["rate_throttle"], *args) == pytest.approx(0.95), "at most one cut a second"
+    await db.execute("UPDATE sender_rate_budgets SET cut_at = cut_at - interval '1 second'")
+    assert await db.fetchval(QUERIES["rate_throttle"], *args) == pytest.approx(0.95 * 0.8, rel=0.02), \
+        "another within 10 s: real overload, 20%"
+    row = await db.fetchrow(QUERIES["rate_grant"], ACCOUNT, 100.0, 1, 0.5, *args[1:])
+    assert 1 / row["spacing"] == pytest.approx(76.0, rel=0.02), "every grant after the cut is slower"
+    # two seconds after the cut (one past the quiet second), it has worn off by 0.1
+    await db.execute("UPDATE sender_rate_budgets SET cut_at = cut_at - interval '2 seconds'")
+    row = await db.fetchrow(QUERIES["rate_grant"], ACCOUNT, 100.0, 1, 0.5, *args[1:])
+    assert 1 / row["spacing"] == pytest.approx(86.0, rel=0.02)
+    await db.execute("UPDATE sender_rate_budgets SET cut_at = cut_at - interval '1 minute'")
+    row = await db.fetchrow(QUERIES["rate_grant"], ACCOUNT, 100.0, 1, 0.5, *args[1:])
+    assert 1 / row["spacing"] == pytest.approx(100.0)
+
+
+async def test_a_campaign_budget_and_the_account_budget_hold_together(pools: Pools) -> None:
+    pool = await pools()
+    account = SharedRate(pool, ACCOUNT, 100.0, demand=lambda: 5, margin=MARGIN)
+    campaign = SharedRate(pool, "campaign:1", 10.0, demand=lambda: 5, margin=MARGIN)
+    times = []
+    for _ in range(12):
+        wire = WirePass((campaign, account))
+        await wire.spend()
+        times.append(time.monotonic())
+    assert max_in_window(times) <= 10, "the campaign's rate holds"
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.1 - 0.002
+    assert account.counters.granted >= 12, "each send also took an account token"
+
+
+async def test_grants_never_look_ahead_past_the_horizon(db: asyncpg.Connection) -> None:
+    """Many instances asking at once: later ones are told when to come back, not booked far ahead."""
+    rows = [await db.fetchrow(QUERIES["rate_grant"], ACCOUNT, 10.0, 5, 0.5, RECOVERY_PER_SECOND, QUIET_SECONDS)
+            for _ in range(4)]
+    assert rows[0]["granted"] == 5, "five slots 0.1 s apart fit in the half-second horizon"
+    assert rows[1]["start_in"] == pytest.approx(0.5, abs=0.02) and rows[1]["granted"] <= 1
+    refused = rows[3]
+    assert refused["granted"] == 0
+    assert refused["retry_in"] > 0
+    assert refused["retry_in"] == pytest.approx(refused["start_in"] - 0.5 + 0.001, abs=1e-6)
