@@ -51,7 +51,7 @@ class Settings:
     instance_timeout: float = 30.0
     materialise_chunk: int = 10_000
     grace_seconds: float = 20.0
-    rate_headroom: float = 0.02  # the shared budget's margin under the cap (sender.shared_rate)
+    rate_headroom: float = 0.025  # the shared budget's margin under the cap (sender.shared_rate)
     probe_interval: float = 5.0
     send_timeout: float = 15.0
     template_max_bytes: int = 512 * 1024

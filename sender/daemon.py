@@ -218,8 +218,10 @@ class Daemon:
         await self.heartbeat.close()
         if self.supervisor.fatal:
             self.exit_code = 1
+        budget = ctx.account_budget.counters
         log.info("shutdown_complete", flushed=flushed, sent=self.metrics.total("sent"),
-                 failed=self.metrics.total("failed"), exit_code=self.exit_code)
+                 failed=self.metrics.total("failed"), exit_code=self.exit_code, grants=budget.grants,
+                 tokens_granted=budget.granted, tokens_expired=budget.expired, refused=budget.refused)
 
     async def _drain_deliveries(self, force: asyncio.Event | None) -> None:
         tasks = set(self.ctx.deliveries)

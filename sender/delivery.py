@@ -23,7 +23,7 @@ from sender.message import Claimed, Outcome
 from sender.metrics import Metrics
 from sender.ratelimit import AccountRate
 from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
-from sender.shared_rate import WIRE_PASS, BudgetCounters, SharedRate, WirePass
+from sender.shared_rate import WIRE_PASS, BudgetCounters, SharedRate, WirePass, Withdrawn
 from sender.writeback import ResultBuffer
 
 log = get_logger("sender.delivery")
@@ -88,14 +88,21 @@ class Delivery:
         self.campaign_id = campaign_id
         self._is_stopping = is_stopping
 
-    def start(self, row: Claimed, email: OutgoingEmail, wire: WirePass) -> None:
-        """Spawn the delivery task (the caller holds an `inflight` slot, released when it ends, and the
-        tokens in `wire`, spent right before the request goes out)."""
+    def start(self, row: Claimed, email: OutgoingEmail, budget: SharedRate | None) -> None:
+        """Spawn the delivery task (the caller holds an `inflight` slot, released when it ends). The
+        request waits at the wire for a slot of the campaign's `budget` (if any) and the account's."""
+        ctx = self.ctx
+        wire = WirePass(ctx.account_budget, budget, withdrawn=lambda: self._withdrawn(row), reserved=True)
         task = asyncio.create_task(self._run(row, email, wire), name=f"deliver-{self.campaign_id}")
         self.ctx.deliveries[task] = row.id
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda done: self._done(done, wire))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _withdrawn(self, row: Claimed) -> bool:
+        ctx = self.ctx
+        return self._is_stopping() or not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at)
+
+    def _done(self, task: asyncio.Task[None], wire: WirePass) -> None:
+        wire.release()
         self.ctx.deliveries.pop(task, None)
         self.ctx.inflight.release()
 
@@ -121,6 +128,8 @@ class Delivery:
                 message_id = await ctx.ses.send(email)
             except asyncio.CancelledError:
                 raise
+            except Withdrawn:
+                return Outcome.handed_back(row)  # stopped while it waited for a rate slot: never sent
             except Exception as exc:  # every failure is classified; none escapes the row
                 failure = classify(exc, from_email=email.from_email, default_from=ctx.settings.from_email)
             else:

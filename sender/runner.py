@@ -25,7 +25,7 @@ from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.delivery import Delivery, SendContext
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome, prepare
-from sender.shared_rate import SharedRate, WirePass, campaign_key
+from sender.shared_rate import SharedRate, campaign_key
 
 log = get_logger("sender.runner")
 
@@ -229,7 +229,7 @@ class CampaignRunner:
                 continue
             self._in_hand = row
             try:
-                wire = await self._wait_for_slot()
+                await self._wait_for_room()
             except asyncio.CancelledError:
                 self.queue.appendleft(row)
                 raise
@@ -241,18 +241,20 @@ class CampaignRunner:
                 if not ctx.account.gate.is_open:
                     self.release_queued()  # the account stopped while we waited
                 continue
-            self._delivery.start(row, email, wire)
+            if self.budget is not None:
+                self.budget.reserve()
+            ctx.account_budget.reserve()
+            self._delivery.start(row, email, self.budget)
 
-    async def _wait_for_slot(self) -> WirePass:
-        """An in-flight slot, then tokens of the campaign's and the account's budgets; on cancel,
-        nothing is held (tokens not spent are simply lost)."""
+    async def _wait_for_room(self) -> None:
+        """An in-flight slot, and room among the few requests waiting at the wire for a rate slot
+        (so a pause withdraws only those); on cancel, nothing is held."""
         ctx = self.ctx
         await ctx.inflight.acquire()
-        budgets = (self.budget, ctx.account_budget) if self.budget is not None else (ctx.account_budget,)
-        wire = WirePass(budgets)
         try:
-            await wire.ready()
+            if self.budget is not None:
+                await self.budget.wait_room()
+            await ctx.account_budget.wait_room()
         except asyncio.CancelledError:
             ctx.inflight.release()
             raise
-        return wire

@@ -1,12 +1,22 @@
 """Send budgets shared by every instance through PostgreSQL: the account cap and campaign rates.
 
 A budget is one GCRA row (migration 0005). An instance asks for a grant of consecutive slots,
-about GRANT_SECONDS of sending or what it has ready if less, and spends each token within LATE
-seconds of its slot, at the wire, or drops it. The slots of all instances together are 1/rate
-apart, so no one-second window can see more than rate * (1 + LATE) sends; the margin
-(SENDER_RATE_HEADROOM) keeps that under the cap. Idle instances ask for nothing; the instance
-holding a campaign's tail takes the whole cap; a stalled instance's tokens expire instead of
-bunching; a dead instance's are never reused.
+about GRANT_SECONDS of sending or what it has ready if less, and spends each token at the wire
+(the SES client's before-send hook, after the request is built and signed) within `late` seconds
+of its slot, or drops it. The slots of all instances together are 1/rate apart, so no one-second
+window can see more than rate * (1 + late) sends; the margin (SENDER_RATE_HEADROOM) keeps that
+under the cap, arrival jitter included. Idle instances ask for nothing; the instance holding a
+campaign's tail takes the whole cap; a stalled instance's tokens expire instead of bunching; a
+dead instance's are never reused.
+
+Tokens are taken only at the wire, in FIFO order, by the request that will use them: a request
+that finds the first slot stale simply takes the next one, so a busy event loop costs slots, not
+a pile-up. The dispatcher keeps only a few requests waiting there (`room`), so a pause or a stop
+withdraws the rest unsent.
+
+A campaign with rate_per_sec has a budget of its own: a request first waits for one of its slots,
+then takes the account's. Its tokens stay usable for one account slot longer, and its rate is cut
+by as much more, so it never exceeds its rate either.
 
 Cost: one grant per GRANT_SECONDS of sending at most (fewer when others share the budget), and
 the same round trip for 1 or 50 tokens.
@@ -21,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -31,10 +41,11 @@ from sender.logs import get_logger
 
 log = get_logger("sender.shared_rate")
 
-LATE = 0.012  # a token is spent at most 12 ms after its slot (event-loop lateness), or dropped
+LATE = 0.01  # an account token is spent at most 10 ms after its slot, or dropped
 GRANT_SECONDS = 0.1  # a grant covers ~100 ms of sending
 HORIZON = 0.5  # no slot is granted more than 0.5 s ahead (many instances queue behind each other)
 PREFETCH = 0.03  # ask for the next grant while the last slot is still this far ahead
+WAITING_SECONDS = 0.05  # requests kept waiting at the wire: about 50 ms of sending
 RECOVERY_PER_SECOND = 0.1  # of the rate, regained per second once throttling is quiet
 QUIET_SECONDS = 1.0
 
@@ -45,15 +56,35 @@ def campaign_key(campaign_id: int) -> str:
     return f"campaign:{campaign_id}"
 
 
-@dataclass(frozen=True)
-class Token:
-    """The right to one send at `slot` (monotonic seconds), until `slot + LATE`."""
+class Withdrawn(Exception):
+    """The request was waiting at the wire when its campaign stopped: it was never sent."""
 
-    budget: SharedRate
-    slot: float
 
-    def usable(self, now: float) -> bool:
-        return self.slot <= now <= self.slot + LATE
+class DatabaseClock:
+    """The database's clock on time.monotonic(), from the grant round trip with the least delay.
+
+    Slots are placed on the database's clock; an instance maps them onto its own. A round trip's
+    midpoint is only as good as the round trip is short (a reply read late by a busy event loop
+    looks long), so the shortest recent one wins; it is renewed every CLOCK_SAMPLE_SECONDS.
+    """
+
+    SAMPLE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._delay = math.inf
+        self._offset = 0.0
+        self._at = -math.inf
+
+    def sample(self, sent: float, received: float, db_now: float) -> None:
+        delay = received - sent
+        if delay <= self._delay or received - self._at > self.SAMPLE_SECONDS:
+            self._delay, self._offset, self._at = delay, db_now - (sent + received) / 2, received
+
+    def local(self, db_time: float) -> float:
+        return db_time - self._offset
+
+
+DB_CLOCK = DatabaseClock()  # one per process: every budget, every instance on this host sees one clock
 
 
 class BudgetCounters:
@@ -67,31 +98,28 @@ class BudgetCounters:
 
 
 class SharedRate:
-    """One shared budget as this instance sees it: a local queue of granted slots, taken in FIFO order."""
+    """One shared budget as this instance sees it: a local queue of granted slots."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        key: str,
-        rate: float,
-        *,
-        demand: Callable[[], int],
-        margin: float,
-        counters: BudgetCounters | None = None,
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, key: str, rate: float, *, demand: Callable[[], int], margin: float,
+                 late: float = LATE, counters: BudgetCounters | None = None) -> None:
         self.pool = pool
         self.key = key
         self.rate = rate
         self.margin = margin
-        self._last_throttle = -math.inf
-        self.effective = rate  # after the shared throttling factor, as of the last grant
+        self.late = late
+        self.effective = rate * (1 - margin)  # slots per second, after any throttling cut, as of the last grant
         self.counters = counters or BudgetCounters()  # campaign budgets share one set
+        self.waiting = 0  # requests waiting for a slot at the wire
+        self.pending = 0  # requests dispatched to this budget that have not passed it yet
+        self._room = asyncio.Event()
         self._demand = demand
         self._slots: deque[float] = deque()
-        self._turn = asyncio.Lock()  # FIFO: campaigns waiting on the account take turns
+        self._waiters: deque[asyncio.Future[float]] = deque()  # FIFO: requests take slots in arrival order
+        self._pump: asyncio.Task[None] | None = None
         self._fetch: asyncio.Task[None] | None = None
         self._not_before = 0.0  # monotonic: the database said no slot before this
         self._backoff = Backoff(initial=0.05, cap=1.0)
+        self._last_throttle = -math.inf
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
@@ -99,27 +127,92 @@ class SharedRate:
     def holding(self) -> int:
         return len(self._slots)
 
-    async def take(self) -> Token:
-        """The next token, once its slot has come (waits for a grant when none is held)."""
-        async with self._turn:
-            while True:
-                now = time.monotonic()
-                self._drop_expired(now)
-                self._maybe_fetch(now)
-                if self._slots:
-                    wait = self._slots[0] - now
-                    if wait <= 0:
-                        return Token(self, self._slots.popleft())
-                    await asyncio.sleep(wait)
-                elif self._fetch is not None:
-                    await asyncio.shield(self._fetch)
-                else:
-                    await asyncio.sleep(max(0.001, self._not_before - now))
+    def room(self) -> bool:
+        """Whether the dispatcher may send another request towards this budget."""
+        return self.pending < max(2, math.ceil(self.effective * WAITING_SECONDS))
 
-    def give_back(self, token: Token) -> None:
-        """A token taken but not spent (another budget made the send wait): next in line may use it."""
-        if token.slot + LATE >= time.monotonic():
-            self._slots.appendleft(token.slot)
+    async def wait_room(self) -> None:
+        while not self.room():
+            self._room.clear()
+            await self._room.wait()
+
+    def reserve(self) -> None:
+        """The dispatcher sends a request this way (call right after `wait_room`)."""
+        self.pending += 1
+
+    def release(self) -> None:
+        """That request passed this budget, or will never reach it."""
+        self.pending -= 1
+        self._room.set()
+
+    def _left(self) -> None:
+        self.waiting -= 1
+
+    async def take(self) -> float:
+        """Wait (in FIFO order) for the next slot to come and use it; returns the slot."""
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.waiting += 1
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._hand_out(), name=f"slots-{self.key}")
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back(waiter.result())
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            self._left()
+
+    async def _hand_out(self) -> None:
+        """Give every slot that has come to the next waiter, all in one pass: a busy event loop
+        wakes this once for many slots instead of passing a lock from waiter to waiter."""
+        while self._waiters:
+            await self._next_slot()
+            now = time.monotonic()
+            while self._waiters and self._slots and self._slots[0] <= now:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(self._slots.popleft())
+
+    async def due(self) -> None:
+        """Wait until a slot has come, without using it (a campaign's, before the account's is taken)."""
+        self.waiting += 1
+        try:
+            await self._next_slot()
+        finally:
+            self._left()
+
+    def take_due(self) -> bool:
+        """Use a slot that has come and is not stale, if there is one."""
+        now = time.monotonic()
+        self._drop_expired(now)
+        if self._slots and self._slots[0] <= now:
+            self._slots.popleft()
+            return True
+        return False
+
+    def give_back(self, slot: float) -> None:
+        """A slot taken but not spent: the next request may still use it."""
+        if slot + self.late >= time.monotonic():
+            self._slots.appendleft(slot)
+
+    async def _next_slot(self) -> float:
+        """Sleep until the first slot held has come (asking for grants as needed); returns it."""
+        while True:
+            now = time.monotonic()
+            self._drop_expired(now)
+            self._maybe_fetch(now)
+            if self._slots:
+                if self._slots[0] <= now:
+                    return self._slots[0]
+                await asyncio.sleep(self._slots[0] - now)
+            elif self._fetch is not None:
+                await asyncio.shield(self._fetch)
+            else:
+                await asyncio.sleep(max(0.001, self._not_before - now))
 
     async def throttled(self) -> None:
         """SES answered 429: cut the shared rate for every instance (at most once a second)."""
@@ -128,13 +221,17 @@ class SharedRate:
             return  # the database cuts at most once a second anyway: spare the round trips
         self._last_throttle = now
         with contextlib.suppress(*DB_ERRORS):
-            factor = await self.pool.fetchval(
-                QUERIES["rate_throttle"], self.key, RECOVERY_PER_SECOND, QUIET_SECONDS, timeout=5
-            )
-            self.effective = self.rate * (1 - self.margin) * float(factor)
+            factor = await self.pool.fetchval(QUERIES["rate_throttle"], self.key, RECOVERY_PER_SECOND,
+                                              QUIET_SECONDS, timeout=5)
+            self.effective = self._slot_rate() * float(factor)
+
+    def _slot_rate(self) -> float:
+        """Slots per second before throttling: the rate less the margin, and less the extra lateness
+        this budget's tokens are allowed (a campaign's)."""
+        return self.rate * max(0.05, 1 - self.margin - (self.late - LATE))
 
     def _drop_expired(self, now: float) -> None:
-        while self._slots and self._slots[0] + LATE < now:
+        while self._slots and self._slots[0] + self.late < now:
             self._slots.popleft()
             self.counters.expired += 1
 
@@ -143,25 +240,21 @@ class SharedRate:
             return
         if self._slots and self._slots[-1] - now > PREFETCH:
             return
-        if self._slots and self._demand() <= len(self._slots):
+        if self._slots and self._demand() + max(self.pending, self.waiting) <= len(self._slots):
             return  # what we hold covers what we have ready
         self._fetch = asyncio.create_task(self._grant(), name=f"grant-{self.key}")
 
     async def _grant(self) -> None:
         try:
-            wanted = max(1, min(math.ceil(self.rate * GRANT_SECONDS), self._demand() - len(self._slots)))
-            sent = time.monotonic()
-            row = await self.pool.fetchrow(
-                QUERIES["rate_grant"],
-                self.key,
-                self.rate * (1 - self.margin),
-                wanted,
-                max(HORIZON, 2.0 / max(self.rate, 1e-3)),
-                RECOVERY_PER_SECOND,
-                QUIET_SECONDS,
-                timeout=5,
-            )
-            here = (sent + time.monotonic()) / 2  # the database's clock read, on ours
+            wanted = max(1, min(math.ceil(self.rate * GRANT_SECONDS),
+                                self._demand() + max(self.pending, self.waiting) - len(self._slots)))
+            async with self.pool.acquire() as conn:
+                sent = time.monotonic()
+                row = await conn.fetchrow(QUERIES["rate_grant"], self.key, self._slot_rate(), wanted,
+                                          max(HORIZON, 2.0 / max(self.rate, 1e-3)), RECOVERY_PER_SECOND,
+                                          QUIET_SECONDS, timeout=5)
+                DB_CLOCK.sample(sent, time.monotonic(), float(row["db_now"]))
+            here = DB_CLOCK.local(float(row["db_now"]))
             self._backoff.reset()
             self.counters.grants += 1
             spacing = float(row["spacing"])
@@ -183,42 +276,51 @@ class SharedRate:
 
 @dataclass
 class WirePass:
-    """The tokens one delivery needs at the wire: its campaign's budget (if any), then the account's.
+    """What one delivery spends at the wire: a slot of its campaign's budget (if any), then the account's.
 
-    Taken at dispatch (so dispatch is paced), checked again right before the request goes on the
-    wire (SesClient's before-send hook), and re-taken for a retry after a 429.
+    Spent right before each request goes out (a retry after a 429 spends again). `withdrawn` says
+    the campaign stopped while the request waited: it raises Withdrawn and the row goes back unsent.
     """
 
-    budgets: tuple[SharedRate, ...]
-    tokens: dict[str, Token] = field(default_factory=dict)
-
-    async def ready(self) -> None:
-        """Hold a usable token of every budget at the same moment."""
-        while True:
-            for budget in self.budgets:  # campaign first: the account's short-lived token comes last
-                token = self.tokens.get(budget.key)
-                if token is None or not token.usable(time.monotonic()):
-                    if token is not None:
-                        budget.counters.expired += 1
-                    self.tokens[budget.key] = await budget.take()
-            now = time.monotonic()
-            if all(token.usable(now) for token in self.tokens.values()):
-                return
+    account: SharedRate
+    campaign: SharedRate | None = None
+    withdrawn: Callable[[], bool] = lambda: False
+    reserved: bool = False  # the dispatcher reserved room for it in both budgets
 
     async def spend(self) -> None:
-        """Right before the request is sent: usable tokens, used up."""
-        await self.ready()
-        self.tokens.clear()
+        while True:
+            if self.campaign is not None:
+                self.campaign.late = LATE + 1.0 / max(self.account.effective, 1e-3)  # one account slot more
+                await self.campaign.due()
+            self._check()
+            slot = await self.account.take()
+            self._check()
+            if self.campaign is None or self.campaign.take_due():
+                self.release()
+                return
+            self.account.give_back(slot)  # another request of this campaign took its slot first
+
+    def release(self) -> None:
+        """Give back the room the dispatcher reserved (once: after the first spend, or at the end)."""
+        if self.reserved:
+            self.reserved = False
+            self.account.release()
+            if self.campaign is not None:
+                self.campaign.release()
+
+    def _check(self) -> None:
+        if self.withdrawn():
+            raise Withdrawn("the campaign stopped while the request waited for a rate slot")
 
 
 WIRE_PASS: ContextVar[WirePass | None] = ContextVar("wire_pass", default=None)
 
 
 def wire_gate(account: SharedRate) -> Callable[[], Awaitable[None]]:
-    """The before-send hook: spend the delivery's pass, or an account token for any other send (a probe)."""
+    """The before-send hook: spend the delivery's pass, or an account slot for any other send (a probe)."""
 
     async def gate() -> None:
         wire = WIRE_PASS.get()
-        await (wire if wire is not None else WirePass((account,))).spend()
+        await (wire if wire is not None else WirePass(account)).spend()
 
     return gate

@@ -57,7 +57,7 @@ SELECT h.reason AS hold_reason, h.code AS hold_code, h.set_by AS hold_set_by,
 
 -- rate_grant --
 -- Up to $3 consecutive slots of budget $1 at $2/s, none more than $4 s ahead (migration 0005).
-SELECT start_in, granted, spacing, retry_in FROM sender_rate_grant($1, $2, $3, $4, $5, $6)
+SELECT db_now, start_in, granted, spacing, retry_in FROM sender_rate_grant($1, $2, $3, $4, $5, $6)
 
 -- rate_throttle --
 -- A 429: cut budget $1 for every instance; returns the factor now in force.

@@ -31,11 +31,11 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Grant up to p_wanted slots of budget p_key at p_rate per second, none starting later than
--- p_horizon seconds from now. Returns when the first slot is (seconds from now), how many slots,
--- their spacing, and when to ask again if none was granted.
+-- p_horizon seconds from now. Returns the database's clock (epoch seconds), when the first slot
+-- is (seconds from that), how many slots, their spacing, and when to ask again if none was granted.
 CREATE FUNCTION sender_rate_grant(p_key text, p_rate float8, p_wanted int, p_horizon float8,
                                   p_recovery float8, p_quiet float8)
-RETURNS TABLE (start_in float8, granted int, spacing float8, retry_in float8)
+RETURNS TABLE (db_now float8, start_in float8, granted int, spacing float8, retry_in float8)
 LANGUAGE plpgsql AS $$
 DECLARE
     b sender_rate_budgets%ROWTYPE;
@@ -53,14 +53,14 @@ BEGIN
     ahead := extract(epoch FROM first_slot - t)::float8;
     n := least(p_wanted, ceil((p_horizon - ahead) * rate)::int);
     IF n < 1 THEN
-        RETURN QUERY SELECT ahead, 0, 1.0 / rate, ahead - p_horizon + 0.001;
+        RETURN QUERY SELECT extract(epoch FROM t)::float8, ahead, 0, 1.0 / rate, ahead - p_horizon + 0.001;
         RETURN;
     END IF;
     UPDATE sender_rate_budgets
        SET tat = first_slot + make_interval(secs => n / rate), grants = grants + 1, tokens = tokens + n,
            updated_at = t
      WHERE key = p_key;
-    RETURN QUERY SELECT ahead, n, 1.0 / rate, 0.0::float8;
+    RETURN QUERY SELECT extract(epoch FROM t)::float8, ahead, n, 1.0 / rate, 0.0::float8;
 END
 $$;
 
