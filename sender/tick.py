@@ -177,19 +177,21 @@ class Tick:
             log.info("campaign_runner_stopped", campaign_id=cid, status=status)
 
     def _report_progress(self, rows: list[dict[str, Any]]) -> None:
-        """Backlog gauges every tick; a progress log line per sending campaign every 10 s."""
-        backlog = self.d.metrics.backlog
-        backlog.clear()
+        """Backlog gauges every tick (per campaign for the bounded set that has series, summed for all);
+        every 10 s one `campaigns_progress` line and a `campaign_progress` line for each campaign of
+        that set, so a thousand sending campaigns cost a dict walk, not a thousand series or lines."""
+        metrics = self.d.metrics
+        backlogs = {r["id"]: max(0, r["total"] - r["sent"] - r["failed"] - r["skipped"]) for r in rows}
+        metrics.report_backlog(backlogs)
         now = time.monotonic()
-        log_now = now - self._last_progress_log >= 10.0
+        if not rows or now - self._last_progress_log < 10.0:
+            return
+        self._last_progress_log = now
+        log.info("campaigns_progress", sending=len(rows), backlog=sum(backlogs.values()))
         for r in rows:
-            done = r["sent"] + r["failed"] + r["skipped"]
-            backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total"] - done))
-            if log_now:
+            if r["id"] in metrics.campaign_series:
                 log.info("campaign_progress", campaign_id=r["id"], total=r["total"], sent=r["sent"],
                          failed=r["failed"], skipped=r["skipped"])
-        if log_now and rows:
-            self._last_progress_log = now
 
     async def _complete(self, full: bool) -> None:
         for row in await self.d.pool.fetch(QUERIES["complete_campaigns"], full, timeout=30):
