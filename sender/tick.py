@@ -39,6 +39,7 @@ class Tick:
         self.db_failed = False
         self._last_run = time.monotonic()
         self._last_progress_log = 0.0
+        self.again = False  # run the next tick at once (set by a step that started campaigns)
         # compiled by the start checks, with the tick that started them, until a runner takes them
         self._plans: dict[int, tuple[CampaignPlan, int]] = {}
 
@@ -48,7 +49,6 @@ class Tick:
         d = self.d
         backoff = Backoff(initial=0.1, cap=1.0)
         while not stop.is_set():
-            wake.clear()  # before the tick: a wake-up while it runs (a NOTIFY of its own starts) is not lost
             try:
                 await self.run()
                 d.db_health.succeeded()
@@ -60,6 +60,10 @@ class Tick:
                 wait = backoff.next()
                 log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=wait)
             d.last_tick = time.monotonic()
+            wake.clear()
+            if self.again:  # campaigns started: their runners start in the next tick, at once
+                self.again = False
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), wait)
 
@@ -109,7 +113,7 @@ class Tick:
 
     async def _start_queued(self) -> None:
         """Every due queued campaign up to STARTS_PER_TICK, in one batched start (a fixed number of
-        statements); a full batch wakes the next tick at once for the rest."""
+        statements); the next tick follows at once, to start their runners (and the rest, if any)."""
         results = await start_queued(self.d.pool, self.d.settings, limit=STARTS_PER_TICK)
         for started in results:
             if started.started:
@@ -120,8 +124,9 @@ class Tick:
                 log.error("campaign_failed", campaign_id=started.campaign_id, error=started.error)
         if any(r.started for r in results):
             self.d.materialiser.wake()
+            self.again = True
         if len(results) >= STARTS_PER_TICK:
-            self.d.wake_tick()
+            self.again = True  # the rest of the due campaigns
 
     async def _fail_campaigns(self) -> None:
         failed = self.d.failed_campaigns

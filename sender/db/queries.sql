@@ -326,7 +326,8 @@ UPDATE campaigns c SET status = 'sent', finished_at = now(), updated_at = now()
                     WHERE r.campaign_id = c.id AND r.status = 'sending' AND r.lease_until IS NOT NULL)
 RETURNING c.id, c.sent_count, c.failed_count, c.skipped_count
 
--- campaign_summary --
+-- campaign_summary_rows --
+-- A campaign's counters with what its progress line needs: in flight, first and last send.
 SELECT c.id, c.name, c.status, c.error, c.rate_per_sec::float8 AS rate_per_sec, c.total_count,
        c.sent_count, c.failed_count, c.skipped_count, c.scheduled_at, c.started_at, c.finished_at,
        (SELECT count(*) FROM campaign_recipients r
@@ -336,16 +337,46 @@ SELECT c.id, c.name, c.status, c.error, c.rate_per_sec::float8 AS rate_per_sec, 
        (SELECT max(sent_at) FROM campaign_recipients r
          WHERE r.campaign_id = c.id AND r.status = 'sent') AS last_sent_at
   FROM campaigns c
+
+-- campaign_summary --
+/*@campaign_summary_rows*/
  WHERE c.id = $1
+
+-- campaign_summaries --
+/*@campaign_summary_rows*/
+ WHERE c.id = ANY($1::bigint[])
+
+-- campaigns_by_status --
+-- `sender campaign status` without an id, first: campaigns per status with their counters added
+-- up, and the sending ones' rate since each started (counters only: cheap with thousands).
+SELECT status, count(*) AS campaigns, coalesce(sum(total_count), 0)::bigint AS total,
+       coalesce(sum(sent_count), 0)::bigint AS sent, coalesce(sum(failed_count), 0)::bigint AS failed,
+       coalesce(sum(skipped_count), 0)::bigint AS skipped,
+       coalesce(sum(sent_count / greatest(extract(epoch FROM now() - started_at), 1.0))
+                FILTER (WHERE status = 'sending' AND started_at IS NOT NULL), 0)::float8 AS rate
+  FROM campaigns
+ GROUP BY status
+ ORDER BY status
+
+-- campaigns_active_ids --
+-- Then the active ones: sending, paused, queued (in that order, then by id), $1 at most (NULL: all).
+SELECT id FROM campaigns
+ WHERE status IN ('sending', 'paused', 'queued')
+ ORDER BY CASE status WHEN 'sending' THEN 0 WHEN 'paused' THEN 1 ELSE 2 END, id
+ LIMIT $1
+
+-- campaigns_finished_ids --
+-- Then the most recently finished or changed of the rest, $1 at most (NULL: all).
+SELECT id FROM campaigns
+ WHERE status NOT IN ('sending', 'paused', 'queued')
+ ORDER BY coalesce(finished_at, updated_at) DESC, id DESC
+ LIMIT $1
 
 -- campaign_recipients_by_status --
 SELECT status, count(*) AS n FROM campaign_recipients WHERE campaign_id = $1 GROUP BY status
 
 -- campaign_status --
 SELECT status FROM campaigns WHERE id = $1
-
--- recent_campaign_ids --
-SELECT id FROM campaigns ORDER BY id DESC LIMIT $1
 
 -- contact_by_email --
 SELECT first_name, last_name, country, attributes FROM contacts WHERE lower(email) = lower($1)

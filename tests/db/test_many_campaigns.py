@@ -4,6 +4,7 @@ bad campaigns failing alone inside a batch, fair materialisation, set-based comp
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -52,11 +53,12 @@ async def _tick_starts(db_url: str, settings: Settings) -> tuple[CountingPool, S
     from sender.db import connect
 
     pool = CountingPool(await connect(db_url))
-    woken = SimpleNamespace(materialiser=0, tick=0)
+    woken = SimpleNamespace(materialiser=0, again=False)
     materialiser = SimpleNamespace(wake=lambda: setattr(woken, "materialiser", woken.materialiser + 1))
-    daemon = SimpleNamespace(pool=pool, settings=settings, materialiser=materialiser,
-                             wake_tick=lambda: setattr(woken, "tick", woken.tick + 1))
-    await Tick(daemon)._start_queued()  # type: ignore[arg-type]
+    daemon = SimpleNamespace(pool=pool, settings=settings, materialiser=materialiser)
+    tick = Tick(daemon)  # type: ignore[arg-type]
+    await tick._start_queued()
+    woken.again = tick.again
     await pool.conn.close()
     return pool, woken
 
@@ -74,7 +76,7 @@ async def test_one_tick_starts_fifty_due_campaigns_in_two_statements(db: asyncpg
     statuses = await _statuses(db, [*campaigns, later])
     assert {statuses[c] for c in campaigns} == {("sending", None)}
     assert statuses[later] == ("queued", None)  # not due yet
-    assert woken.materialiser == 1 and woken.tick == 0  # one batch held them all: no second tick needed
+    assert woken.materialiser == 1 and woken.again  # the next tick follows at once, for their runners
 
 
 async def test_the_statement_count_does_not_grow_with_the_batch(db: asyncpg.Connection, db_url: str) -> None:
@@ -89,13 +91,17 @@ async def test_the_statement_count_does_not_grow_with_the_batch(db: asyncpg.Conn
     assert await db.fetchval("SELECT count(*) FROM campaigns WHERE status = 'sending'") == 123
 
 
-async def test_a_full_batch_wakes_the_next_tick_for_the_rest(db: asyncpg.Connection, db_url: str) -> None:
+async def test_a_tick_starts_at_most_its_bound_and_the_next_one_the_rest(db: asyncpg.Connection,
+                                                                        db_url: str) -> None:
     template = await add_template(db)
     await db.execute("INSERT INTO campaigns (name, template_id, target_rules, status) "
                      "SELECT 'c', $1, '{}', 'queued' FROM generate_series(1, $2)", template, STARTS_PER_TICK + 7)
-    _, woken = await _tick_starts(db_url, _settings())
-    assert woken.tick == 1
+    first, woken = await _tick_starts(db_url, _settings())
+    assert woken.again and len(first.statements) == 4
     assert await db.fetchval("SELECT count(*) FROM campaigns WHERE status = 'queued'") == 7
+    second, _ = await _tick_starts(db_url, _settings())
+    assert len(second.statements) == 4
+    assert await db.fetchval("SELECT count(*) FROM campaigns WHERE status = 'queued'") == 0
 
 
 async def test_bad_campaigns_in_a_batch_fail_alone_with_their_reason(db: asyncpg.Connection, db_url: str) -> None:
@@ -184,3 +190,47 @@ async def test_completion_is_one_statement_for_a_thousand_sending_campaigns(db: 
     completed = await db.fetch(QUERIES["complete_campaigns"], False)
     assert len(completed) == 900
     assert await db.fetchval("SELECT count(*) FROM campaigns WHERE status = 'sending'") == 100
+
+
+async def _status(settings: Settings, *argv: str) -> tuple[int, str]:
+    import io
+
+    from sender.admin_cli import campaign_command
+    from sender.cli import _parser
+
+    out = io.StringIO()
+    code = await campaign_command(settings, _parser().parse_args(["campaign", "status", *argv]), out=out)
+    return code, out.getvalue()
+
+
+async def test_status_without_an_id_stays_readable_with_a_thousand_campaigns(db: asyncpg.Connection,
+                                                                            db_url: str) -> None:
+    template = await add_template(db)
+    await db.execute(
+        "INSERT INTO campaigns (name, template_id, status, total_count, sent_count, started_at, finished_at) "
+        "SELECT 'c' || g, $1, (ARRAY['sending', 'queued', 'sent', 'failed'])[1 + g % 4], 10, "
+        "CASE WHEN g % 4 = 0 THEN 4 WHEN g % 4 = 2 THEN 10 ELSE 0 END, now() - interval '10 s', "
+        "CASE WHEN g % 4 IN (2, 3) THEN now() END FROM generate_series(1, 1000) g", template)
+    settings = Settings(database_url=db_url)
+
+    code, out = await _status(settings)
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0] == "1000 campaigns: failed 250, queued 250, sending 250, sent 250"
+    assert lines[1].startswith("sending: 250 campaigns, 1000/2500 done, sent=1000 failed=0 skipped=0, ")
+    assert "/s together" in lines[1]
+    assert lines[2] == "active (20 of 500; --limit N or --all for the other 480):"
+    progress = [line for line in lines if line.startswith("#")]
+    assert len(progress) == 20 + 5  # the first 20 active (sending first), then 5 recently finished
+    assert all(" sending " in line for line in progress[:20])
+    assert "recently finished:" in lines
+
+    code, out = await _status(settings, "--limit", "3", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["summary"]["by_status"] == {"sending": 250, "queued": 250, "sent": 250, "failed": 250}
+    assert (len(data["active"]), data["active_total"], len(data["recent"])) == (3, 500, 5)
+    assert data["summary"]["rate"] > 0 and data["summary"]["sending"]["sent"] == 1000
+
+    code, out = await _status(settings, "--all", "--json")
+    data = json.loads(out)
+    assert len(data["active"]) + len(data["recent"]) == 1000
