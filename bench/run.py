@@ -22,6 +22,7 @@ QUICK = [
 
 
     ["bench.events", "--events", "100000", "--sqs-events", "10000"],
+    ["bench.campaigns", "--big", "3000", "--small", "150x20", "--singles", "500", "--queued", "2000"],
 ]
 FULL = [
     ["bench.throughput", "--messages", "20000", "--repeats", "3", "--profile"],
@@ -36,6 +37,7 @@ FULL = [
 
 
     ["bench.events", "--events", "1000000", "--sqs-events", "100000"],
+    ["bench.campaigns"],
 ]
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import asyncpg
 
@@ -17,10 +17,11 @@ from sender.config import ConfigError, Settings
 from sender.db import QUERIES, connect
 from sender.guard import deliverability_by_campaign, format_deliverability
 from sender.logs import mask_email
-from sender.progress import format_progress, progress_from
+from sender.progress import Progress, format_progress, progress_from
 from sender.render import Contact
 
-RECENT_CAMPAIGNS = 20
+RECENT_FINISHED = 5  # finished campaigns it lists after them
+ACTIVE = ("sending", "paused", "queued")
 
 
 async def _open(settings: Settings) -> asyncpg.Connection:
@@ -51,27 +52,93 @@ async def campaign_command(settings: Settings, args: argparse.Namespace, out: Te
 
 async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextIO) -> int:
     if args.id is None:
-        ids = [r["id"] for r in await conn.fetch(QUERIES["recent_campaign_ids"], RECENT_CAMPAIGNS)]
-    else:
-        ids = [args.id]
+        return await _overview(conn, args, out)
     while True:
-        rows = [await conn.fetchrow(QUERIES["campaign_summary"], cid) for cid in ids]
-        if args.id is not None and rows[0] is None:
+        row = await conn.fetchrow(QUERIES["campaign_summary"], args.id)
+        if row is None:
             print(f"sender: campaign {args.id} does not exist", file=sys.stderr)
             return 1
-        progress = [progress_from(r) for r in rows if r is not None]
-        events = await deliverability_by_campaign(conn, [p.id for p in progress])  # deliverability (issue 11)
+        progress = [progress_from(row)]
+        events = await deliverability_by_campaign(conn, [args.id])  # deliverability (issue 11)
         if args.json:
             out.write(json.dumps([{**asdict(p), **events.get(p.id, {})} for p in progress]) + "\n")
         else:
-            stamp = datetime.now().strftime("%H:%M:%S")
-            body = "\n".join(format_progress(p) + format_deliverability(events.get(p.id)) for p in progress)
-            out.write(f"{body}\n({stamp})\n" if progress else "no campaigns\n")
+            out.write(_lines(progress, events) + f"\n({datetime.now().strftime('%H:%M:%S')})\n")
         out.flush()
-        active = any(p.status in ("queued", "sending") for p in progress)
-        if not args.watch or not active:
+        if not args.watch or progress[0].status not in ("queued", "sending"):
             return 0
         await asyncio.sleep(1.0)
+
+
+def _lines(progress: list[Progress], events: dict[int, dict[str, Any]]) -> str:
+    return "\n".join(format_progress(p) + format_deliverability(events.get(p.id)) for p in progress)
+
+
+async def _overview(conn: asyncpg.Connection, args: argparse.Namespace, out: TextIO) -> int:
+    """Without an id: a summary by status first, then the active campaigns (sending, paused, queued)
+    up to --limit, then the most recently finished few; --all lists every campaign. A handful of
+    statements whatever the number of campaigns."""
+    limit = None if args.all else max(0, args.limit)
+    recent = None if args.all else RECENT_FINISHED
+    while True:
+        by_status = {r["status"]: dict(r) for r in await conn.fetch(QUERIES["campaigns_by_status"])}
+        active_ids = [r["id"] for r in await conn.fetch(QUERIES["campaigns_active_ids"], limit)]
+        finished_ids = [r["id"] for r in await conn.fetch(QUERIES["campaigns_finished_ids"], recent)]
+        rows = {r["id"]: progress_from(r)
+                for r in await conn.fetch(QUERIES["campaign_summaries"], active_ids + finished_ids)}
+        events = await deliverability_by_campaign(conn, list(rows))
+        active = [rows[i] for i in active_ids if i in rows]
+        finished = [rows[i] for i in finished_ids if i in rows]
+        summary = _summary(by_status)
+        if args.json:
+            out.write(json.dumps({
+                "summary": summary,
+                "active": [{**asdict(p), **events.get(p.id, {})} for p in active],
+                "active_total": summary["active"],
+                "recent": [{**asdict(p), **events.get(p.id, {})} for p in finished],
+            }) + "\n")
+        else:
+            stamp = datetime.now().strftime("%H:%M:%S")
+            out.write(_overview_text(summary, active, finished, events) + f"\n({stamp})\n")
+        out.flush()
+        if not args.watch or summary["active"] == 0:
+            return 0
+        await asyncio.sleep(1.0)
+
+
+def _summary(by_status: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    count = {status: int(r["campaigns"]) for status, r in by_status.items()}
+    sending = by_status.get("sending", {})
+    return {
+        "campaigns": sum(count.values()),
+        "by_status": count,
+        "active": sum(count.get(s, 0) for s in ACTIVE),
+        "sending": {"campaigns": count.get("sending", 0), "total": int(sending.get("total", 0)),
+                    "sent": int(sending.get("sent", 0)), "failed": int(sending.get("failed", 0)),
+                    "skipped": int(sending.get("skipped", 0))},
+        "rate": round(float(sending.get("rate", 0.0)), 2),
+    }
+
+
+def _overview_text(summary: dict[str, Any], active: list[Progress], finished: list[Progress],
+                   events: dict[int, dict[str, Any]]) -> str:
+    if not summary["campaigns"]:
+        return "no campaigns"
+    counts = ", ".join(f"{status} {n}" for status, n in sorted(summary["by_status"].items()))
+    s = summary["sending"]
+    done = s["sent"] + s["failed"] + s["skipped"]
+    lines = [f"{summary['campaigns']} campaigns: {counts}",
+             f"sending: {s['campaigns']} campaigns, {done}/{s['total']} done, sent={s['sent']} failed={s['failed']} "
+             f"skipped={s['skipped']}, {summary['rate']:.1f}/s together"]
+    if active:
+        more = summary["active"] - len(active)
+        lines.append(f"active ({len(active)} of {summary['active']}"
+                     + (f"; --limit N or --all for the other {more})" if more > 0 else ")") + ":")
+        lines.append(_lines(active, events))
+    if finished:
+        lines.append("recently finished:")
+        lines.append(_lines(finished, events))
+    return "\n".join(lines)
 
 
 async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -1,10 +1,12 @@
 """Campaign lifecycle: queued -> checked and started -> recipients materialised in chunks -> sent.
 
-Starting takes a due campaign under `FOR UPDATE SKIP LOCKED`, so exactly one instance checks its
-template and rules and moves it to `sending` (or `failed` with a clear `error`, before any mail
-goes out). Materialising its recipients then runs off the tick, in short keyset chunks of
-contacts, so a million-contact campaign never holds a long statement, never stalls the tick, and
-survives a statement timeout or a crash: another instance carries on from the saved cursor.
+Starting takes due campaigns in batches under `FOR UPDATE SKIP LOCKED`, so exactly one instance
+checks each one's template and rules and moves it to `sending` (or `failed` with a clear `error`,
+before any mail goes out), in a fixed number of statements for the whole batch. Materialising
+recipients then runs off the tick, in short keyset chunks of contacts, least advanced campaign
+first, so a million-contact campaign never holds a long statement, never stalls the tick or the
+campaigns started after it, and survives a statement timeout or a crash: another instance
+carries on from the saved cursor.
 A campaign is only complete once materialisation has finished.
 """
 
@@ -18,7 +20,7 @@ import asyncpg
 
 from sender.addresses import AddressError, normalise_address
 from sender.config import Settings
-from sender.db import DB_ERRORS, QUERIES
+from sender.db import QUERIES
 from sender.render import CampaignTemplates, TemplateProblem
 from sender.targeting import RuleError, compile_rules
 
@@ -38,20 +40,30 @@ class CampaignPlan:
     reply_to: str | None
 
 
-def build_plan(row: asyncpg.Record | dict[str, Any], settings: Settings) -> CampaignPlan:
-    """Check the template, sender and reply-to of a campaign row; CampaignProblem names what is wrong."""
+def build_plan(row: asyncpg.Record | dict[str, Any], settings: Settings,
+               compiled: dict[tuple[Any, ...], CampaignTemplates | CampaignProblem] | None = None) -> CampaignPlan:
+    """Check the template, sender and reply-to of a campaign row; CampaignProblem names what is wrong.
+
+    `compiled` shares compiled templates (and template problems) between rows with the same sources."""
     if row["template_id"] is None:
         raise CampaignProblem("campaign has no template_id")
     if row["found_template_id"] is None:
         raise CampaignProblem(f"template {row['template_id']} does not exist (deleted?)")
     subject = row["campaign_subject"] or row["template_subject"] or ""
-    try:
-        templates = CampaignTemplates(
-            subject, row["content_html"] or "", row["content_text"], max_bytes=settings.template_max_bytes,
-            budget_ms=settings.render_budget_ms, message_max_bytes=settings.message_max_bytes,
-        )
-    except TemplateProblem as exc:
-        raise CampaignProblem(str(exc)) from None
+    key = (subject, row["content_html"] or "", row["content_text"])
+    templates = compiled.get(key) if compiled is not None else None
+    if templates is None:
+        try:
+            templates = CampaignTemplates(
+                subject, row["content_html"] or "", row["content_text"], max_bytes=settings.template_max_bytes,
+                budget_ms=settings.render_budget_ms, message_max_bytes=settings.message_max_bytes,
+            )
+        except TemplateProblem as exc:
+            templates = CampaignProblem(str(exc))
+        if compiled is not None:
+            compiled[key] = templates
+    if isinstance(templates, CampaignProblem):
+        raise CampaignProblem(str(templates))
     from_email = row["from_email"] or settings.from_email
     if not from_email:
         raise CampaignProblem("campaign has no from_email and SES_FROM_EMAIL is not set")
@@ -71,6 +83,14 @@ async def load_plan(conn: asyncpg.Connection | asyncpg.Pool, campaign_id: int, s
     return await compile_plan(row, settings)
 
 
+async def load_plans(conn: asyncpg.Connection | asyncpg.Pool, campaign_ids: list[int],
+                     settings: Settings) -> list[StartResult]:
+    """The plans of several campaigns in one round trip, compiled in one worker thread; a campaign
+    that cannot be compiled comes back with its error (a missing campaign is left out)."""
+    rows = await conn.fetch(QUERIES["load_campaigns"], campaign_ids, timeout=10)
+    return await asyncio.to_thread(check_campaigns, rows, settings, rules=False)
+
+
 async def compile_plan(row: asyncpg.Record | dict[str, Any], settings: Settings) -> CampaignPlan:
     """build_plan in a worker thread: compiling a large template takes seconds of CPU, and the event
     loop (heartbeat, health, every other campaign) must keep running meanwhile."""
@@ -86,39 +106,57 @@ def materialise_sql(target_rules: Any) -> tuple[str, list[Any]]:
     return QUERIES["materialise_chunk"].replace("/*RULES*/", predicate), params
 
 
+STARTS_PER_STATEMENT = 500  # campaigns one batched start takes at most; the tick repeats while more are due
+
+
 @dataclass(frozen=True)
 class StartResult:
     campaign_id: int
     started: bool
     error: str | None = None
+    plan: CampaignPlan | None = None  # compiled by the checks; the runner can start from it
 
 
-async def start_next_queued(pool: asyncpg.Pool, settings: Settings) -> StartResult | None:
-    """Take one due queued campaign, check it and mark it sending (or failed). None when none is due.
-
-    Only checks run here (template, sender, rules): recipients are materialised afterwards by
-    `materialise_step`, so starting is quick whatever the campaign's size.
-    """
-    async with pool.acquire() as conn, conn.transaction():
-        campaign_id = await conn.fetchval(QUERIES["next_queued_campaign"], timeout=10)
-        if campaign_id is None:
-            return None
+def check_campaigns(rows: list[asyncpg.Record], settings: Settings, *, rules: bool = True) -> list[StartResult]:
+    """The start checks of a batch (template, sender, rules), each campaign on its own: whatever one
+    row makes the checks raise fails that campaign alone. Campaigns with the same template sources
+    share one compiled copy (compiled templates are immutable), so a batch of a thousand campaigns
+    of one template compiles it once."""
+    compiled: dict[tuple[Any, ...], CampaignTemplates | CampaignProblem] = {}
+    results: list[StartResult] = []
+    for row in rows:
         try:
-            row = await conn.fetchrow(QUERIES["load_campaign"], campaign_id, timeout=10)
-            await compile_plan(row, settings)
-            if row["target_rules"] is not None:
+            plan = build_plan(row, settings, compiled)
+            if rules and row["target_rules"] is not None:
                 materialise_sql(row["target_rules"])
         except (CampaignProblem, RuleError) as exc:
-            error = str(exc)
-        except DB_ERRORS:
-            raise
+            results.append(StartResult(row["id"], started=False, error=str(exc)[:1000]))
         except Exception as exc:  # whatever a hostile row makes the checks raise: this campaign fails alone
-            error = f"cannot start the campaign: {type(exc).__name__}: {exc}"
+            results.append(StartResult(row["id"], started=False,
+                                       error=f"cannot check the campaign: {type(exc).__name__}: {exc}"[:1000]))
         else:
-            await conn.execute(QUERIES["campaign_start"], campaign_id, settings.instance_id, timeout=10)
-            return StartResult(campaign_id, started=True)
-        await conn.execute(QUERIES["campaign_fail"], campaign_id, error[:1000], timeout=10)
-        return StartResult(campaign_id, started=False, error=error)
+            results.append(StartResult(row["id"], started=True, plan=plan))
+    return results
+
+
+async def start_queued(pool: asyncpg.Pool, settings: Settings, *,
+                       limit: int = STARTS_PER_STATEMENT) -> list[StartResult]:
+    """Start up to `limit` due queued campaigns in a fixed number of statements, whatever their count.
+
+    One statement takes and locks them (`FOR UPDATE SKIP LOCKED`, so two instances never take one
+    campaign) with what the checks need; the checks run in a worker thread; one more statement
+    starts the good ones and fails the bad ones, each with its reason. Recipients are materialised
+    afterwards by `materialise_step` (or were supplied by the main app), so starting is quick
+    whatever the campaigns' sizes.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(QUERIES["queued_take"], limit, timeout=10)
+        if not rows:
+            return []
+        results = await asyncio.to_thread(check_campaigns, rows, settings)
+        await conn.execute(QUERIES["campaigns_start_checked"], [r.campaign_id for r in results],
+                           [r.error for r in results], settings.instance_id, timeout=30)
+    return results
 
 
 @dataclass(frozen=True)

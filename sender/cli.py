@@ -36,10 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--rate", type=float, help="rate_per_sec for this campaign")
     for name in ("pause", "resume", "cancel"):
         csub.add_parser(name, help=f"{name} a campaign").add_argument("id", type=int)
-    status = csub.add_parser("status", help="progress of one campaign, or of the recent ones")
+    status = csub.add_parser("status", help="progress of one campaign; without an id, a summary by status, "
+                                                 "then the active campaigns and the recently finished")
     status.add_argument("id", type=int, nargs="?")
-    status.add_argument("--watch", action="store_true", help="refresh until the campaign finishes")
+    status.add_argument("--watch", action="store_true", help="refresh until the campaign (or all) finish")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--limit", type=int, default=20, metavar="N",  # a handful of statements whatever N
+                        help="without an id: list at most N active campaigns (default 20)")
+    status.add_argument("--all", action="store_true", help="without an id: list every campaign")
 
     from sender.suppress_cli import add_parser as add_suppress_parser  # deliverability (issue 11)
 

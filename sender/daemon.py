@@ -162,7 +162,7 @@ class Daemon:
         log.info("daemon_started", instance=s.instance_id, account_cap=self.rate.cap,
                  concurrency=self._ctx.concurrency, http=f"{s.http_host}:{port}", sandbox=self.rate.sandbox)
         self._start_tasks(ses)
-        self.deliverability = Deliverability(s, self.pool, self.metrics.registry)
+        self.deliverability = Deliverability(s, self.pool, self.metrics.registry, self.metrics.campaign_series)
         await self.deliverability.start(self.supervisor)  # public listener, SES events, bounce guard
         try:
             await self._stop.wait()

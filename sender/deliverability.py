@@ -13,6 +13,7 @@ from sender.event_metrics import EventMetrics
 from sender.events_sqs import SqsConsumer
 from sender.guard import AccountGuard
 from sender.logs import get_logger
+from sender.metrics import CampaignSeries
 from sender.public_http import PublicServer
 from sender.sns import SnsEndpoint
 from sender.supervisor import Supervisor
@@ -21,10 +22,11 @@ log = get_logger("sender.deliverability")
 
 
 class Deliverability:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, registry: CollectorRegistry | None = None,
+                 campaign_series: CampaignSeries | None = None) -> None:
         self.settings = settings
         self.pool = pool
-        self.metrics = EventMetrics(registry or CollectorRegistry())
+        self.metrics = EventMetrics(registry or CollectorRegistry(), campaign_series)
         self.public: PublicServer | None = None
         self.sns: SnsEndpoint | None = None
         self.consumer: SqsConsumer | None = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from sender.backoff import Backoff
-from sender.campaigns import CampaignProblem, load_plan, materialise_step, start_next_queued
+from sender.campaigns import STARTS_PER_STATEMENT, CampaignPlan, load_plans, materialise_step, start_queued
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.logs import get_logger
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = get_logger("sender.tick")
 
-STARTS_PER_TICK = 50
+STARTS_PER_TICK = STARTS_PER_STATEMENT  # one batched start per tick; a full batch wakes the next tick at once
 FULL_COMPLETION_CHECK_EVERY = 30  # ticks; catches recipients the main app added after starting
 RECOVER_EVERY = 5  # ticks
 
@@ -38,6 +38,9 @@ class Tick:
         self.count = 0
         self.db_failed = False
         self._last_progress_log = 0.0
+        self.again = False  # run the next tick at once (set by a step that started campaigns)
+        # compiled by the start checks, with the tick that started them, until a runner takes them
+        self._plans: dict[int, tuple[CampaignPlan, int]] = {}
 
     async def loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Tick every poll interval, or at once when `wake` is set; a tick the database failed is retried
@@ -57,6 +60,9 @@ class Tick:
                 log.warning("tick_failed", error=problem.code, reason=problem.reason, retry_in=wait)
             d.last_tick = time.monotonic()
             wake.clear()
+            if self.again:  # campaigns started: their runners start in the next tick, at once
+                self.again = False
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), wait)
 
@@ -102,15 +108,21 @@ class Tick:
         log.error("campaign_failed", campaign_id=campaign_id, error=reason[:300])
 
     async def _start_queued(self) -> None:
-        for _ in range(STARTS_PER_TICK):
-            started = await start_next_queued(self.d.pool, self.d.settings)
-            if started is None:
-                return
+        """Every due queued campaign up to STARTS_PER_TICK, in one batched start (a fixed number of
+        statements); the next tick follows at once, to start their runners (and the rest, if any)."""
+        results = await start_queued(self.d.pool, self.d.settings, limit=STARTS_PER_TICK)
+        for started in results:
             if started.started:
                 log.info("campaign_started", campaign_id=started.campaign_id)
-                self.d.materialiser.wake()
+                if started.plan is not None:
+                    self._plans[started.campaign_id] = (started.plan, self.count)
             else:
                 log.error("campaign_failed", campaign_id=started.campaign_id, error=started.error)
+        if any(r.started for r in results):
+            self.d.materialiser.wake()
+            self.again = True
+        if len(results) >= STARTS_PER_TICK:
+            self.again = True  # the rest of the due campaigns
 
     async def _fail_campaigns(self) -> None:
         failed = self.d.failed_campaigns
@@ -125,6 +137,9 @@ class Tick:
         self._report_progress(rows)
         await self._stop_gone(set(sending))
         retries_due = {r["id"] for r in rows if r["retries_due"]}
+        for cid in [cid for cid, (_, tick) in self._plans.items() if cid not in sending and tick < self.count]:
+            del self._plans[cid]  # started earlier but not sending now (paused, cancelled): loaded afresh later
+        new: list[int] = []
         for cid, rate in sending.items():
             runner = d.runners.get(cid)
             if runner is not None and (crash := runner.crashed()) is not None:
@@ -135,20 +150,21 @@ class Tick:
                 runner.set_rate(d.rate.campaign_rate(rate))
                 if cid in retries_due:
                     runner.retries_due()
-                continue
-            if cid in d.failed_campaigns:
-                continue
-            try:
-                plan = await load_plan(d.pool, cid, d.settings)
-            except CampaignProblem as exc:
-                await self._fail(cid, str(exc))
-                continue
-            except DB_ERRORS:
-                raise
-            except Exception as exc:  # a hostile template or row: this campaign fails, the tick goes on
-                await self._fail(cid, f"cannot load the campaign: {type(exc).__name__}: {exc}")
-                continue
-            d.start_runner(plan, d.rate.campaign_rate(rate))
+            elif cid not in d.failed_campaigns:
+                new.append(cid)
+        if not new:
+            return
+        plans = {cid: self._plans.pop(cid)[0] for cid in new if cid in self._plans}
+        missing = [cid for cid in new if cid not in plans]
+        if missing:  # one round trip and one compile per distinct template for all of them
+            for loaded in await load_plans(d.pool, missing, d.settings):
+                if loaded.plan is not None:
+                    plans[loaded.campaign_id] = loaded.plan
+                else:
+                    await self._fail(loaded.campaign_id, loaded.error or "cannot load the campaign")
+        for cid in new:
+            if cid in plans:
+                d.start_runner(plans[cid], d.rate.campaign_rate(sending[cid]))
 
     async def _stop_gone(self, sending: set[int]) -> None:
         gone = [cid for cid in self.d.runners if cid not in sending]
@@ -162,19 +178,21 @@ class Tick:
             log.info("campaign_runner_stopped", campaign_id=cid, status=status)
 
     def _report_progress(self, rows: list[dict[str, Any]]) -> None:
-        """Backlog gauges every tick; a progress log line per sending campaign every 10 s."""
-        backlog = self.d.metrics.backlog
-        backlog.clear()
+        """Backlog gauges every tick (per campaign for the bounded set that has series, summed for all);
+        every 10 s one `campaigns_progress` line and a `campaign_progress` line for each campaign of
+        that set, so a thousand sending campaigns cost a dict walk, not a thousand series or lines."""
+        metrics = self.d.metrics
+        backlogs = {r["id"]: max(0, r["total"] - r["sent"] - r["failed"] - r["skipped"]) for r in rows}
+        metrics.report_backlog(backlogs)
         now = time.monotonic()
-        log_now = now - self._last_progress_log >= 10.0
+        if not rows or now - self._last_progress_log < 10.0:
+            return
+        self._last_progress_log = now
+        log.info("campaigns_progress", sending=len(rows), backlog=sum(backlogs.values()))
         for r in rows:
-            done = r["sent"] + r["failed"] + r["skipped"]
-            backlog.labels(campaign_id=str(r["id"])).set(max(0, r["total"] - done))
-            if log_now:
+            if r["id"] in metrics.campaign_series:
                 log.info("campaign_progress", campaign_id=r["id"], total=r["total"], sent=r["sent"],
                          failed=r["failed"], skipped=r["skipped"])
-        if log_now and rows:
-            self._last_progress_log = now
 
     async def _complete(self, full: bool) -> None:
         for row in await self.d.pool.fetch(QUERIES["complete_campaigns"], full, timeout=30):

@@ -76,43 +76,70 @@ UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $
 -- account_hold_clear --
 UPDATE sender_account_hold SET reason = NULL, code = NULL, since = NULL, set_by = NULL WHERE id = 1
 
--- next_queued_campaign --
--- Taken inside the transaction that starts it, so two instances never start one campaign.
-SELECT id FROM campaigns
- WHERE status = 'queued' AND (scheduled_at IS NULL OR scheduled_at <= now())
- ORDER BY coalesce(scheduled_at, created_at), id
- LIMIT 1
-   FOR UPDATE SKIP LOCKED
-
--- load_campaign --
+-- campaign_rows --
+-- What starting or loading a campaign needs: the campaign and its template (absent when deleted).
 SELECT c.id, c.name, c.status, c.template_id, c.subject AS campaign_subject, c.from_email,
        c.reply_to, c.target_rules, c.rate_per_sec::float8 AS rate_per_sec,
        t.id AS found_template_id, t.subject AS template_subject, t.content_html, t.content_text
   FROM campaigns c
   LEFT JOIN templates t ON t.id = c.template_id
+
+-- load_campaign --
+/*@campaign_rows*/
  WHERE c.id = $1
 
--- campaign_start --
--- Checked and started; recipients follow in chunks (materialise_chunk). With target_rules null
--- the main app supplied the recipients itself, so there is nothing to materialise.
+-- load_campaigns --
+/*@campaign_rows*/
+ WHERE c.id = ANY($1::bigint[])
+ ORDER BY c.id
+
+-- queued_take --
+-- The first half of a batched start: up to $1 due queued campaigns, oldest first, locked for the
+-- transaction that checks and starts them (SKIP LOCKED: two instances never take one campaign).
+WITH picked AS MATERIALIZED (
+    SELECT id FROM campaigns
+     WHERE status = 'queued' AND (scheduled_at IS NULL OR scheduled_at <= now())
+     ORDER BY coalesce(scheduled_at, created_at), id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+)
+/*@campaign_rows*/
+ WHERE c.id = ANY(ARRAY(SELECT id FROM picked))
+ ORDER BY c.id
+
+-- campaigns_start_checked --
+-- The second half: every campaign of the batch in one statement. A null error ($2) starts it:
+-- recipients follow in chunks (materialise_chunk), or, with target_rules null, the main app
+-- supplied them itself and there is nothing to materialise. An error fails it alone, with that
+-- reason, before any mail goes out. $3 is this instance, which materialises what it started.
 UPDATE campaigns c
-   SET status = 'sending', started_at = coalesce(c.started_at, now()), error = NULL,
-       materialise_cursor = 0, materialising_by = $2,
-       materialised_at = CASE WHEN c.target_rules IS NULL THEN now() END,
-       total_count = (SELECT count(*) FROM campaign_recipients r WHERE r.campaign_id = c.id),
+   SET status = CASE WHEN t.error IS NULL THEN 'sending' ELSE 'failed' END,
+       error = t.error,
+       started_at = CASE WHEN t.error IS NULL THEN coalesce(c.started_at, now()) ELSE c.started_at END,
+       finished_at = CASE WHEN t.error IS NULL THEN c.finished_at ELSE now() END,
+       materialise_cursor = CASE WHEN t.error IS NULL THEN 0 ELSE c.materialise_cursor END,
+       materialising_by = CASE WHEN t.error IS NULL THEN $3 ELSE c.materialising_by END,
+       materialised_at = CASE WHEN t.error IS NOT NULL THEN c.materialised_at
+                              WHEN c.target_rules IS NULL THEN now() END,
+       total_count = CASE WHEN t.error IS NULL
+                          THEN (SELECT count(*) FROM campaign_recipients r WHERE r.campaign_id = c.id)
+                          ELSE c.total_count END,
        updated_at = now()
- WHERE c.id = $1
+  FROM unnest($1::bigint[], $2::text[]) AS t(id, error)
+ WHERE c.id = t.id
 
 -- materialise_take --
 -- A started campaign whose recipients are not all materialised and that this instance may work
--- on: its own, nobody's, or one whose materialiser's heartbeat is older than $2 seconds.
+-- on: its own, nobody's, or one whose materialiser's heartbeat is older than $2 seconds. The least
+-- advanced first (its cursor is the last contact id scanned): campaigns take turns by chunk, so
+-- one started after a big one waits for at most one chunk of it, never for all of it.
 UPDATE campaigns k SET materialising_by = $1
   FROM (SELECT c.id FROM campaigns c
          WHERE c.materialised_at IS NULL AND c.status IN ('sending', 'paused')
            AND (c.materialising_by IS NULL OR c.materialising_by = $1
                 OR NOT EXISTS (SELECT 1 FROM sender_instances i WHERE i.id = c.materialising_by
                                   AND i.heartbeat_at > now() - make_interval(secs => $2)))
-         ORDER BY c.id
+         ORDER BY c.materialise_cursor, c.id
          LIMIT 1
            FOR UPDATE SKIP LOCKED) t
  WHERE k.id = t.id
@@ -316,7 +343,8 @@ UPDATE campaigns c SET status = 'sent', finished_at = now(), updated_at = now()
                     WHERE r.campaign_id = c.id AND r.status = 'sending' AND r.lease_until IS NOT NULL)
 RETURNING c.id, c.sent_count, c.failed_count, c.skipped_count
 
--- campaign_summary --
+-- campaign_summary_rows --
+-- A campaign's counters with what its progress line needs: in flight, first and last send.
 SELECT c.id, c.name, c.status, c.error, c.rate_per_sec::float8 AS rate_per_sec, c.total_count,
        c.sent_count, c.failed_count, c.skipped_count, c.scheduled_at, c.started_at, c.finished_at,
        (SELECT count(*) FROM campaign_recipients r
@@ -326,16 +354,46 @@ SELECT c.id, c.name, c.status, c.error, c.rate_per_sec::float8 AS rate_per_sec, 
        (SELECT max(sent_at) FROM campaign_recipients r
          WHERE r.campaign_id = c.id AND r.status = 'sent') AS last_sent_at
   FROM campaigns c
+
+-- campaign_summary --
+/*@campaign_summary_rows*/
  WHERE c.id = $1
+
+-- campaign_summaries --
+/*@campaign_summary_rows*/
+ WHERE c.id = ANY($1::bigint[])
+
+-- campaigns_by_status --
+-- `sender campaign status` without an id, first: campaigns per status with their counters added
+-- up, and the sending ones' rate since each started (counters only: cheap with thousands).
+SELECT status, count(*) AS campaigns, coalesce(sum(total_count), 0)::bigint AS total,
+       coalesce(sum(sent_count), 0)::bigint AS sent, coalesce(sum(failed_count), 0)::bigint AS failed,
+       coalesce(sum(skipped_count), 0)::bigint AS skipped,
+       coalesce(sum(sent_count / greatest(extract(epoch FROM now() - started_at), 1.0))
+                FILTER (WHERE status = 'sending' AND started_at IS NOT NULL), 0)::float8 AS rate
+  FROM campaigns
+ GROUP BY status
+ ORDER BY status
+
+-- campaigns_active_ids --
+-- Then the active ones: sending, paused, queued (in that order, then by id), $1 at most (NULL: all).
+SELECT id FROM campaigns
+ WHERE status IN ('sending', 'paused', 'queued')
+ ORDER BY CASE status WHEN 'sending' THEN 0 WHEN 'paused' THEN 1 ELSE 2 END, id
+ LIMIT $1
+
+-- campaigns_finished_ids --
+-- Then the most recently finished or changed of the rest, $1 at most (NULL: all).
+SELECT id FROM campaigns
+ WHERE status NOT IN ('sending', 'paused', 'queued')
+ ORDER BY coalesce(finished_at, updated_at) DESC, id DESC
+ LIMIT $1
 
 -- campaign_recipients_by_status --
 SELECT status, count(*) AS n FROM campaign_recipients WHERE campaign_id = $1 GROUP BY status
 
 -- campaign_status --
 SELECT status FROM campaigns WHERE id = $1
-
--- recent_campaign_ids --
-SELECT id FROM campaigns ORDER BY id DESC LIMIT $1
 
 -- contact_by_email --
 SELECT first_name, last_name, country, attributes FROM contacts WHERE lower(email) = lower($1)

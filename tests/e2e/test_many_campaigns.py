@@ -1,0 +1,138 @@
+"""Many small campaigns through the real daemon and the fake SES over HTTP: every one ends sent,
+each address gets its message once, the account cap holds across all of them, bad ones fail
+alone, and /metrics keeps per-campaign series for a bounded number of campaigns."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import aiohttp
+import asyncpg
+
+from sender.config import Settings
+from sender.daemon import Daemon
+from sender.demo.fakeses import FakeSES
+from sender.metrics import CAMPAIGN_SERIES_LIMIT
+from tests.helpers import add_contacts, add_template, running_daemon, wait_for
+
+_CAMPAIGN_LABEL = re.compile(r'campaign_id="(\d+)"')
+
+
+async def _one_recipient_campaigns(db: asyncpg.Connection, count: int, template: int, *, start: int = 0,
+                                   status: str = "queued") -> list[int]:
+    """`count` campaigns to one address each (user{start+i}@example.org), the list supplied by the main app."""
+    ids = [r["id"] for r in await db.fetch(
+        "INSERT INTO campaigns (name, template_id, status) SELECT 'small ' || g, $1, 'draft' "
+        "FROM generate_series(1, $2) g RETURNING id", template, count)]
+    await db.execute(
+        "INSERT INTO campaign_recipients (campaign_id, contact_id, email) "
+        "SELECT c.id, ct.id, ct.email FROM unnest($1::bigint[]) WITH ORDINALITY AS c(id, n) "
+        "JOIN contacts ct ON ct.email = 'user' || ($2 + c.n - 1) || '@example.org'", ids, start)
+    await db.execute("UPDATE campaigns SET status = $2 WHERE id = ANY($1::bigint[])", ids, status)
+    return ids
+
+
+async def _count_in(db: asyncpg.Connection, ids: list[int], status: str) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM campaigns WHERE id = ANY($1::bigint[]) AND status = $2",
+                                 ids, status))
+
+
+def _once_each(fake: FakeSES, addresses: set[str]) -> None:
+    per_address = Counter(m.to[0] for m in fake.messages)
+    assert set(per_address) == addresses, set(per_address) ^ addresses
+    assert max(per_address.values()) == 1, [a for a, n in per_address.items() if n > 1]
+
+
+def _campaign_labels(text: str) -> set[str]:
+    return {m.group(1) for line in text.splitlines() if not line.startswith("#")
+            for m in [_CAMPAIGN_LABEL.search(line)] if m}
+
+
+async def _scrape(daemon: Daemon) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{daemon.ops.port}/metrics") as r:
+        assert r.status == 200
+        return await r.text()
+
+
+async def test_two_hundred_one_recipient_campaigns_all_end_sent_under_the_account_cap(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    fake_ses.account.max_send_rate = 50.0  # 200 messages take at least 4 s: the cap has to hold across campaigns
+    await add_contacts(db, 200)
+    campaigns = await _one_recipient_campaigns(db, 200, await add_template(db))
+    async with running_daemon(settings):
+        await wait_for(lambda: _count_in(db, campaigns, "sent"), timeout=120)
+        await wait_for(lambda: _all_sent(db, campaigns), timeout=120)
+    _once_each(fake_ses, {f"user{i}@example.org" for i in range(200)})
+    assert fake_ses.max_in_any_window(1.0) <= 50
+    assert fake_ses.throttled_count() == 0
+    counts = await db.fetchrow("SELECT sum(sent_count) AS sent, sum(total_count) AS total FROM campaigns "
+                               "WHERE id = ANY($1::bigint[])", campaigns)
+    assert (counts["sent"], counts["total"]) == (200, 200)
+
+
+async def _all_sent(db: asyncpg.Connection, ids: list[int]) -> bool:
+    return await _count_in(db, ids, "sent") == len(ids)
+
+
+async def test_bad_campaigns_in_a_batch_fail_alone_and_the_rest_send(db: asyncpg.Connection, settings: Settings,
+                                                                     fake_ses: FakeSES) -> None:
+    await add_contacts(db, 40)
+    template = await add_template(db)
+    goods = await _one_recipient_campaigns(db, 30, template, status="draft")
+    bad_template = await add_template(db, html="{{ unclosed")
+    bads = await _one_recipient_campaigns(db, 3, template, start=30, status="draft")
+    await db.execute("UPDATE campaigns SET template_id = $2 WHERE id = $1", bads[0], bad_template)
+    await db.execute("UPDATE campaigns SET target_rules = '{\"field\": \"salary\", \"op\": \"gt\", \"value\": 1}' "
+                     "WHERE id = $1", bads[1])
+    await db.execute("UPDATE campaigns SET template_id = NULL WHERE id = $1", bads[2])
+    mixed = sorted([*goods, *bads])
+    await db.execute("UPDATE campaigns SET status = 'queued' WHERE id = ANY($1::bigint[])", mixed)  # one batch
+    async with running_daemon(settings):
+        await wait_for(lambda: _all_sent(db, goods), timeout=60)
+    errors = {r["id"]: (r["status"], r["error"]) for r in await db.fetch(
+        "SELECT id, status, error FROM campaigns WHERE id = ANY($1::bigint[])", bads)}
+    assert errors[bads[0]][0] == "failed" and "content_html" in errors[bads[0]][1]
+    assert errors[bads[1]][0] == "failed" and "salary" in errors[bads[1]][1]
+    assert errors[bads[2]] == ("failed", "campaign has no template_id")
+    _once_each(fake_ses, {f"user{i}@example.org" for i in range(30)})  # nothing to the bad campaigns' addresses
+
+
+async def test_per_campaign_series_stay_within_the_bound_over_five_hundred_campaigns(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    await add_contacts(db, 500)
+    template = await add_template(db)
+    campaigns = await _one_recipient_campaigns(db, 500, template)
+    most = {"labels": 0, "sending": 0}
+    async with running_daemon(settings) as daemon:
+
+        async def sent_while_scraping() -> bool:
+            text = await _scrape(daemon)
+            most["labels"] = max(most["labels"], len(_campaign_labels(text)))
+            most["sending"] = max(most["sending"], _gauge(text, "sender_sending_campaigns"))
+            return await _count_in(db, campaigns, "sent") == len(campaigns)
+
+        async def settled() -> str | None:
+            text = await _scrape(daemon)
+            return text if not daemon.runners and _gauge(text, "sender_sending_campaigns") == 0 else None
+
+        await wait_for(lambda: _ready(daemon), timeout=30)
+        await wait_for(sent_while_scraping, timeout=120)
+        text = await wait_for(settled, timeout=60)
+    assert most["sending"] > CAMPAIGN_SERIES_LIMIT, f"the bound was never tested: {most}"
+    assert most["labels"] <= CAMPAIGN_SERIES_LIMIT, most
+    assert len(_campaign_labels(text)) <= CAMPAIGN_SERIES_LIMIT
+    assert _gauge(text, 'sender_outcomes_total{outcome="sent"}') == 500  # the aggregate counts every campaign
+    assert _gauge(text, "sender_backlog_recipients") == 0
+
+
+async def _ready(daemon: Daemon) -> bool:
+    return daemon.ready.is_set()
+
+
+def _gauge(text: str, sample: str) -> float:
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, sample
+    return float(found.group(1))
+
+
