@@ -16,13 +16,21 @@ from sender.envparse import (
     deliverability,
     dsn,
     from_address,
+    listener_ports,
     number,
     optional,
     render_limits,
 )
 from sender.redact import redact_dsn
 
-__all__ = ["NUMBERS", "ConfigError", "Settings", "check_timing", "load_settings"]
+__all__ = ["NUMBERS", "ConfigError", "Settings", "check_timing", "default_instance_id", "load_settings"]
+
+
+def default_instance_id(index: int | None = None) -> str:
+    """Unique per process, so a restarted instance never takes over its predecessor's claims under
+    the same name: `host-pid-random`, or `host@N-pid-random` for sender@N.service."""
+    host = socket.gethostname() if index is None else f"{socket.gethostname()}@{index}"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def _secret_repr(value: str | None) -> str:
@@ -95,9 +103,9 @@ class Settings:
     events_retention_days: float = 30.0
     guard_interval: float = 5.0
     ses_suppression_sync: bool = False
-    instance_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    )
+    # several instances on one host (config/sender@.service): N of sender@N, which the ports add to
+    instance_index: int | None = None
+    instance_id: str = field(default_factory=lambda: default_instance_id())
 
     def __post_init__(self) -> None:
         check_timing(self)
@@ -124,7 +132,6 @@ class Settings:
 
 # Every numeric setting: (variable, Settings field, minimum, whole number). Read by `_numbers`.
 NUMBERS: tuple[tuple[str, str, float, bool], ...] = (
-    ("SENDER_HTTP_PORT", "http_port", 0, True),
     ("SENDER_EVENTS_RECEIVERS", "events_receivers", 1, True),
     ("SENDER_EVENTS_BATCH", "events_batch", 1, True),
     ("SENDER_SOFT_BOUNCE_LIMIT", "soft_bounce_limit", 1, True),
@@ -197,8 +204,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     level = choice(env, "SENDER_LOG_LEVEL", ("debug", "info", "warning", "error"))
     changes["log_level"] = (level or s.log_level).upper()
     changes.update(_numbers(env))
-    if changes.get("http_port", 0) > 65535:
-        raise ConfigError(f"SENDER_HTTP_PORT: must be at most 65535, got {changes['http_port']}")
+    changes.update(listener_ports(env))
     if changes.get("rate_headroom", 0) >= 0.5:
         raise ConfigError("SENDER_RATE_HEADROOM: must be below 0.5 (a fraction of the cap)")
     changes.update(deliverability(env, changes))
@@ -213,6 +219,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         changes["from_email"] = from_address(changes["from_email"])
     if instance := optional(env, "SENDER_INSTANCE_ID"):
         changes["instance_id"] = instance
+    elif "instance_index" in changes:
+        changes["instance_id"] = default_instance_id(changes["instance_index"])
     changes.update(_database_settings(env, s, changes))
     return replace(s, **changes)
 

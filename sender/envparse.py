@@ -63,6 +63,43 @@ def optional(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def listener_ports(env: Mapping[str, str]) -> dict[str, Any]:
+    """SENDER_HTTP_PORT and SENDER_PUBLIC_HTTP_PORT, or with several instances on one host
+    (`sender@N.service` sets SENDER_INSTANCE_INDEX=N) each port as `*_PORT_BASE` + N."""
+    raw = env.get("SENDER_INSTANCE_INDEX", "").strip()
+    if raw and not (raw.isascii() and raw.isdigit()):
+        raise ConfigError(f"SENDER_INSTANCE_INDEX: expected a whole number (the N of sender@N.service), "
+                          f"got {raw[:40]!r}")
+    index = int(raw) if raw else None
+    out: dict[str, Any] = {} if index is None else {"instance_index": index}
+    for name, attr in (("SENDER_HTTP_PORT", "http_port"), ("SENDER_PUBLIC_HTTP_PORT", "public_http_port")):
+        port = _instance_port(env, name, index)
+        if port is not None:
+            out[attr] = port
+    return out
+
+
+def _instance_port(env: Mapping[str, str], name: str, index: int | None) -> int | None:
+    port: int | None = number(env, name, minimum=0, integer=True)
+    base: int | None = number(env, f"{name}_BASE", minimum=1, integer=True)
+    if port is not None and port > MAX_PORT:
+        raise ConfigError(f"{name}: must be at most {MAX_PORT}, got {port}")
+    if base is None:
+        if index is not None and port:
+            raise ConfigError(f"{name}: {port} would be the same for every instance on this host "
+                              f"(SENDER_INSTANCE_INDEX={index} is set): set {name}_BASE instead "
+                              f"(port = base + index)")
+        return port
+    if port is not None:
+        raise ConfigError(f"{name}_BASE: set either {name} or {name}_BASE, not both")
+    if index is None:
+        raise ConfigError(f"{name}_BASE: needs SENDER_INSTANCE_INDEX (sender@N.service sets it to N): "
+                          f"the port is base + index")
+    if base + index > MAX_PORT:
+        raise ConfigError(f"{name}_BASE: {base} + SENDER_INSTANCE_INDEX {index} is past port {MAX_PORT}")
+    return base + index
+
+
 def deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[str, Any]:
     """Issue 11 settings: public listener, SES events, suppression rules and the account guard."""
     from sender.tokens import check_unsubscribe_url
@@ -70,11 +107,6 @@ def deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[s
     out: dict[str, Any] = {}
     if host := optional(env, "SENDER_PUBLIC_HTTP_HOST"):
         out["public_http_host"] = host
-    port = number(env, "SENDER_PUBLIC_HTTP_PORT", minimum=0, integer=True)
-    if port is not None:
-        if port > MAX_PORT:
-            raise ConfigError(f"SENDER_PUBLIC_HTTP_PORT: must be at most {MAX_PORT}, got {port}")
-        out["public_http_port"] = port
     base = optional(env, "SENDER_PUBLIC_BASE_URL")
     if base:
         if not base.startswith(("https://", "http://")):
