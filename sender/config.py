@@ -122,10 +122,15 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
-    def require_for_run(self) -> None:
-        """`run` needs a database and a From address; fail early with the variable's name."""
+    def require_database(self) -> str:
+        """The DSN every command that touches the database needs; ConfigError naming it when unset."""
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
+        return self.database_url
+
+    def require_for_run(self) -> None:
+        """`run` needs a database and a From address; fail early with the variable's name."""
+        self.require_database()
         if not self.from_email:
             raise ConfigError("SES_FROM_EMAIL is not set: the default verified From address")
 
