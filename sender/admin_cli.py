@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from sender.campaigns import CampaignProblem, TransitionRefused, apply_action, load_plan
-from sender.config import ConfigError, Settings
+from sender.config import Settings
 from sender.db import QUERIES, connect
 from sender.guard import deliverability_by_campaign, format_deliverability
 from sender.logs import mask_email
@@ -24,14 +24,8 @@ RECENT_FINISHED = 5  # finished campaigns it lists after them
 ACTIVE = ("sending", "paused", "queued")
 
 
-async def _open(settings: Settings) -> asyncpg.Connection:
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
-    return await connect(settings.database_url)
-
-
 async def campaign_command(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    conn = await _open(settings)
+    conn = await connect(settings.require_database())
     try:
         if args.action == "status":
             return await _status(conn, args, out)
@@ -153,7 +147,7 @@ async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = 
     except AddressError as exc:
         print(f"sender: --to: {exc}", file=sys.stderr)
         return 2
-    conn = await _open(settings)
+    conn = await connect(settings.require_database())
     try:
         try:
             plan = await load_plan(conn, args.campaign, settings)

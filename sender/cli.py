@@ -89,9 +89,7 @@ async def _migrate(settings: Settings) -> int:
     from sender.db import connect
     from sender.db.migrate import migrate
 
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
-    conn = await connect(settings.database_url)
+    conn = await connect(settings.require_database())
     try:
         applied = await migrate(conn)
     finally:

@@ -1,21 +1,36 @@
-"""Settings from the environment (and an optional .env), validated once at start-up."""
+"""Settings from the environment (and an optional .env), validated once at start-up: what the
+settings are, how they combine, and the timings they must respect (`sender.envparse` reads them)."""
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
+from sender.envparse import (
+    ConfigError,
+    choice,
+    deliverability,
+    dsn,
+    from_address,
+    listener_ports,
+    number,
+    optional,
+    render_limits,
+)
 from sender.redact import redact_dsn
 
+__all__ = ["NUMBERS", "ConfigError", "Settings", "check_timing", "default_instance_id", "load_settings"]
 
-class ConfigError(Exception):
-    """A bad setting; the message names the variable and is safe to print (no secret values)."""
+
+def default_instance_id(index: int | None = None) -> str:
+    """Unique per process, so a restarted instance never takes over its predecessor's claims under
+    the same name: `host-pid-random`, or `host@N-pid-random` for sender@N.service."""
+    host = socket.gethostname() if index is None else f"{socket.gethostname()}@{index}"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def _secret_repr(value: str | None) -> str:
@@ -88,9 +103,9 @@ class Settings:
     events_retention_days: float = 30.0
     guard_interval: float = 5.0
     ses_suppression_sync: bool = False
-    instance_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    )
+    # several instances on one host (config/sender@.service): N of sender@N, which the ports add to
+    instance_index: int | None = None
+    instance_id: str = field(default_factory=lambda: default_instance_id())
 
     def __post_init__(self) -> None:
         check_timing(self)
@@ -107,105 +122,21 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
-    def require_for_run(self) -> None:
-        """`run` needs a database and a From address; fail early with the variable's name."""
+    def require_database(self) -> str:
+        """The DSN every command that touches the database needs; ConfigError naming it when unset."""
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
+        return self.database_url
+
+    def require_for_run(self) -> None:
+        """`run` needs a database and a From address; fail early with the variable's name."""
+        self.require_database()
         if not self.from_email:
             raise ConfigError("SES_FROM_EMAIL is not set: the default verified From address")
 
 
-def _number(env: Mapping[str, str], name: str, *, minimum: float, integer: bool = False) -> Any:
-    raw = env.get(name, "").strip()
-    if raw == "":
-        return None
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "a whole number" if integer else "a number"
-        raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{name}: must be at least {minimum}, got {raw!r}")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return None
-    if raw not in choices:
-        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
-    return raw
-
-
-def _dsn(env: Mapping[str, str], name: str = "DATABASE_URL") -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigError(f"{name}: malformed DSN (bad port or syntax)") from None
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ConfigError(
-            f"{name}: expected a postgresql:// DSN, got scheme "
-            f"{parts.scheme or '(none)'!r}"
-        )
-    return raw
-
-
-def _optional(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
-
-
-def _deliverability(env: Mapping[str, str], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Issue 11 settings: public listener, SES events, suppression rules and the account guard."""
-    from sender.tokens import check_unsubscribe_url
-
-    out: dict[str, Any] = {}
-    if host := _optional(env, "SENDER_PUBLIC_HTTP_HOST"):
-        out["public_http_host"] = host
-    port = _number(env, "SENDER_PUBLIC_HTTP_PORT", minimum=0, integer=True)
-    if port is not None:
-        if port > 65535:
-            raise ConfigError(f"SENDER_PUBLIC_HTTP_PORT: must be at most 65535, got {port}")
-        out["public_http_port"] = port
-    base = _optional(env, "SENDER_PUBLIC_BASE_URL")
-    if base:
-        if not base.startswith(("https://", "http://")):
-            raise ConfigError("SENDER_PUBLIC_BASE_URL: expected an http(s) URL, e.g. https://mail.example.com")
-        out["public_base_url"] = base.rstrip("/")
-        if not changes.get("unsubscribe_url") and changes.get("unsubscribe_secret"):
-            out["unsubscribe_url"] = base.rstrip("/") + "/u/{token}"
-    url = out.get("unsubscribe_url") or changes.get("unsubscribe_url")
-    if url and (problem := check_unsubscribe_url(url)):
-        raise ConfigError(f"UNSUBSCRIBE_URL: {problem}")
-    if queue := _optional(env, "SENDER_EVENTS_QUEUE_URL"):
-        if not queue.startswith(("https://", "http://")):
-            raise ConfigError("SENDER_EVENTS_QUEUE_URL: expected the queue's https:// URL")
-        out["events_queue_url"] = queue
-    out["sqs_endpoint_url"] = _optional(env, "AWS_ENDPOINT_URL_SQS") or _optional(env, "AWS_ENDPOINT_URL")
-    arns = tuple(a.strip() for a in env.get("SENDER_SNS_TOPIC_ARNS", "").split(",") if a.strip())
-    for arn in arns:
-        if not arn.startswith("arn:aws") or arn.count(":") != 5:
-            raise ConfigError(f"SENDER_SNS_TOPIC_ARNS: not a topic ARN: {arn[:100]!r}")
-    out["sns_topic_arns"] = arns
-    sync = env.get("SENDER_SES_SUPPRESSION_SYNC", "").strip().lower()
-    if sync not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ConfigError(f"SENDER_SES_SUPPRESSION_SYNC: expected true or false, got {sync[:20]!r}")
-    out["ses_suppression_sync"] = sync in ("1", "true", "yes", "on")
-    for name, attr in (("SENDER_MAX_BOUNCE_RATE", "max_bounce_rate"),
-                       ("SENDER_MAX_COMPLAINT_RATE", "max_complaint_rate")):
-        if changes.get(attr, 0) > 1:
-            raise ConfigError(f"{name}: a fraction between 0 and 1 (0.04 means 4%), got {changes[attr]}")
-    return out
-
-
 # Every numeric setting: (variable, Settings field, minimum, whole number). Read by `_numbers`.
 NUMBERS: tuple[tuple[str, str, float, bool], ...] = (
-    ("SENDER_HTTP_PORT", "http_port", 0, True),
     ("SENDER_EVENTS_RECEIVERS", "events_receivers", 1, True),
     ("SENDER_EVENTS_BATCH", "events_batch", 1, True),
     ("SENDER_SOFT_BOUNCE_LIMIT", "soft_bounce_limit", 1, True),
@@ -245,7 +176,7 @@ def _numbers(env: Mapping[str, str]) -> dict[str, Any]:
     """Every numeric setting that is set, validated against its minimum (other bounds are checked after)."""
     changes: dict[str, Any] = {}
     for name, attr, minimum, integer in NUMBERS:
-        value = _number(env, name, minimum=minimum, integer=integer)
+        value = number(env, name, minimum=minimum, integer=integer)
         if value is not None:
             changes[attr] = value
     return changes
@@ -261,39 +192,40 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         env = os.environ
     s = Settings()
     changes: dict[str, Any] = {
-        "database_url": _dsn(env),
-        "region": _optional(env, "SES_REGION") or _optional(env, "AWS_REGION") or s.region,
-        "from_email": _optional(env, "SES_FROM_EMAIL"),
-        "configuration_set": _optional(env, "SES_CONFIGURATION_SET"),
-        "endpoint_url": _optional(env, "AWS_ENDPOINT_URL_SESV2") or _optional(env, "AWS_ENDPOINT_URL"),
-        "max_rate": _number(env, "SENDER_MAX_RATE", minimum=0.01),
-        "concurrency": _number(env, "SENDER_CONCURRENCY", minimum=1, integer=True),
-        "http_host": _optional(env, "SENDER_HTTP_HOST") or s.http_host,
-        "admin_token": _optional(env, "SENDER_ADMIN_TOKEN"),
-        "log_format": _choice(env, "SENDER_LOG_FORMAT", ("json", "console")),
-        "crash_policy": _choice(env, "SENDER_CRASH_POLICY", ("retry", "fail")) or s.crash_policy,
-        "unsubscribe_url": _optional(env, "UNSUBSCRIBE_URL"),
-        "unsubscribe_secret": _optional(env, "UNSUBSCRIBE_SECRET"),
+        "database_url": dsn(env),
+        "region": optional(env, "SES_REGION") or optional(env, "AWS_REGION") or s.region,
+        "from_email": optional(env, "SES_FROM_EMAIL"),
+        "configuration_set": optional(env, "SES_CONFIGURATION_SET"),
+        "endpoint_url": optional(env, "AWS_ENDPOINT_URL_SESV2") or optional(env, "AWS_ENDPOINT_URL"),
+        "max_rate": number(env, "SENDER_MAX_RATE", minimum=0.01),
+        "concurrency": number(env, "SENDER_CONCURRENCY", minimum=1, integer=True),
+        "http_host": optional(env, "SENDER_HTTP_HOST") or s.http_host,
+        "admin_token": optional(env, "SENDER_ADMIN_TOKEN"),
+        "log_format": choice(env, "SENDER_LOG_FORMAT", ("json", "console")),
+        "crash_policy": choice(env, "SENDER_CRASH_POLICY", ("retry", "fail")) or s.crash_policy,
+        "unsubscribe_url": optional(env, "UNSUBSCRIBE_URL"),
+        "unsubscribe_secret": optional(env, "UNSUBSCRIBE_SECRET"),
     }
-    level = _choice(env, "SENDER_LOG_LEVEL", ("debug", "info", "warning", "error"))
+    level = choice(env, "SENDER_LOG_LEVEL", ("debug", "info", "warning", "error"))
     changes["log_level"] = (level or s.log_level).upper()
     changes.update(_numbers(env))
-    if changes.get("http_port", 0) > 65535:
-        raise ConfigError(f"SENDER_HTTP_PORT: must be at most 65535, got {changes['http_port']}")
+    changes.update(listener_ports(env))
     if changes.get("rate_headroom", 0) >= 0.5:
         raise ConfigError("SENDER_RATE_HEADROOM: must be below 0.5 (a fraction of the cap)")
-    changes.update(_deliverability(env, changes))
+    changes.update(deliverability(env, changes))
     if changes["unsubscribe_url"]:
         url = changes["unsubscribe_url"]
         if "{token}" not in url or not url.startswith(("https://", "http://")):
             raise ConfigError("UNSUBSCRIBE_URL: expected an http(s) URL containing {token}")
         if not changes["unsubscribe_secret"]:
             raise ConfigError("UNSUBSCRIBE_SECRET: required when UNSUBSCRIBE_URL is set")
-    changes.update(_render_limits(env))
+    changes.update(render_limits(env))
     if changes["from_email"]:
-        changes["from_email"] = _from_address(changes["from_email"])
-    if instance := _optional(env, "SENDER_INSTANCE_ID"):
+        changes["from_email"] = from_address(changes["from_email"])
+    if instance := optional(env, "SENDER_INSTANCE_ID"):
         changes["instance_id"] = instance
+    elif "instance_index" in changes:
+        changes["instance_id"] = default_instance_id(changes["instance_index"])
     changes.update(_database_settings(env, s, changes))
     return replace(s, **changes)
 
@@ -318,42 +250,11 @@ def check_timing(s: Settings) -> None:
             f"{s.heartbeat_interval:g}), got {s.instance_timeout:g}")
 
 
-MAX_RENDER_BUDGET_MS = 100.0  # one render must never block the event loop for longer
-MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # SES takes 40 MB after MIME encoding; 10 MB leaves room
-
-
-def _render_limits(env: Mapping[str, str]) -> dict[str, Any]:
-    """SENDER_RENDER_BUDGET_MS and SENDER_MESSAGE_MAX_BYTES, within the bounds that keep the loop live."""
-    changes: dict[str, Any] = {}
-    budget = _number(env, "SENDER_RENDER_BUDGET_MS", minimum=1)
-    if budget is not None:
-        if budget > MAX_RENDER_BUDGET_MS:
-            raise ConfigError(f"SENDER_RENDER_BUDGET_MS: must be at most {MAX_RENDER_BUDGET_MS:g}, got {budget:g}")
-        changes["render_budget_ms"] = budget
-    size = _number(env, "SENDER_MESSAGE_MAX_BYTES", minimum=1024, integer=True)
-    if size is not None:
-        if size > MAX_MESSAGE_BYTES:
-            raise ConfigError(f"SENDER_MESSAGE_MAX_BYTES: must be at most {MAX_MESSAGE_BYTES}, got {size}")
-        changes["message_max_bytes"] = size
-    return changes
-
-
-def _from_address(raw: str) -> str:
-    """SES_FROM_EMAIL must be an address SES accepts (a display name is fine); refused at start-up."""
-    from sender.addresses import AddressError, normalise_address
-
-    try:
-        normalise_address(raw, allow_display_name=True)
-    except AddressError as exc:
-        raise ConfigError(f"SES_FROM_EMAIL: not a valid sender address ({exc})") from None
-    return raw
-
-
 def _database_settings(env: Mapping[str, str], s: Settings, numbers: Mapping[str, Any]) -> dict[str, Any]:
     """Connection budget, pooler topology and database health timings (README "Sizing PostgreSQL")."""
     changes: dict[str, Any] = {
-        "db_pooler": _choice(env, "SENDER_DB_POOLER", ("direct", "session", "transaction")) or s.db_pooler,
-        "listen_database_url": _dsn(env, "SENDER_LISTEN_DATABASE_URL"),
+        "db_pooler": choice(env, "SENDER_DB_POOLER", ("direct", "session", "transaction")) or s.db_pooler,
+        "listen_database_url": dsn(env, "SENDER_LISTEN_DATABASE_URL"),
     }
     size = numbers.get("db_pool_size", s.db_pool_size)
     floor = numbers.get("db_pool_min", min(s.db_pool_min, size))

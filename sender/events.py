@@ -108,6 +108,23 @@ def unwrap(body: str | bytes | dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What an event's own section says: its effect kind, the addresses it concerns, its identity."""
+
+    kind: str
+    addresses: list[str]
+    identity: Any
+    when: datetime | None
+    detail: str | None = None
+
+
+# event type -> (effect kind, the document's section for it), for the types read the same way
+_SIMPLE = {"Reject": ("reject", "reject"), "Rendering Failure": ("rendering_failure", "failure"),
+           "DeliveryDelay": ("delay", "deliveryDelay"), "Subscription": ("unsubscribe", "subscription"),
+           "Send": ("send", "send"), "Open": ("open", "open"), "Click": ("click", "click")}
+
+
 def parse_event(body: str | bytes | dict[str, Any]) -> list[Effect]:
     """The effects of one message; EventError when it cannot be read."""
     doc = unwrap(body)
@@ -119,60 +136,68 @@ def parse_event(body: str | bytes | dict[str, Any]) -> list[Effect]:
     tags = mail.get("tags")
     campaign_id, recipient_id = _tag_id(tags, "campaign_id"), _tag_id(tags, "recipient_id")
     when = _time(mail.get("timestamp"))
-    kind: str
-    detail: str | None = None
-    identity: str | None = None
-    addresses: list[str]
     if event_type == "Bounce":
-        bounce = _obj(doc.get("bounce"), "bounce")
-        bounce_type = _str(bounce.get("bounceType"), "bounce.bounceType", required=True)
-        kind = "hard_bounce" if bounce_type == "Permanent" else "soft_bounce"
-        detail = f"{bounce_type}/{bounce.get('bounceSubType')}"
-        addresses = _addresses(bounce.get("bouncedRecipients"), "emailAddress", "bounce.bouncedRecipients")
-        identity, when = bounce.get("feedbackId"), _time(bounce.get("timestamp")) or when
+        read = _bounce(doc, when)
     elif event_type == "Complaint":
-        complaint = _obj(doc.get("complaint"), "complaint")
-        kind = "complaint"
-        feedback = complaint.get("complaintFeedbackType")
-        detail = feedback if isinstance(feedback, str) else None
-        addresses = _addresses(complaint.get("complainedRecipients"), "emailAddress",
-                               "complaint.complainedRecipients")
-        identity, when = complaint.get("feedbackId"), _time(complaint.get("timestamp")) or when
+        read = _complaint(doc, when)
     elif event_type == "Delivery":
-        delivery = _obj(doc.get("delivery"), "delivery")
-        kind = "delivered"
-        addresses = _addresses(delivery.get("recipients", mail.get("destination")), "", "delivery.recipients")
-        identity, when = delivery.get("timestamp"), _time(delivery.get("timestamp")) or when
+        read = _delivery(doc, mail, when)
     else:
-        simple = {"Reject": "reject", "Rendering Failure": "rendering_failure", "DeliveryDelay": "delay",
-                  "Subscription": "unsubscribe", "Send": "send", "Open": "open", "Click": "click"}
-        if event_type not in simple:
-            raise EventError(f"unknown event type {event_type[:40]!r}")
-        kind = simple[event_type]
-        section = doc.get({"Reject": "reject", "Rendering Failure": "failure", "DeliveryDelay": "deliveryDelay",
-                           "Subscription": "subscription", "Send": "send", "Open": "open",
-                           "Click": "click"}[event_type])
-        section = section if isinstance(section, dict) else {}
-        if kind == "reject":
-            detail = str(section.get("reason", "rejected"))[:500]
-        elif kind == "rendering_failure":
-            detail = str(section.get("errorMessage", "rendering failure"))[:500]
-        elif kind == "delay":
-            detail = str(section.get("delayType", "delayed"))[:100]
-        if kind == "delay" and isinstance(section.get("delayedRecipients"), list):
-            addresses = _addresses(section["delayedRecipients"], "emailAddress", "deliveryDelay.delayedRecipients")
-        else:
-            addresses = _addresses(mail.get("destination", []), "", "mail.destination")
-        identity = section.get("timestamp") if isinstance(section.get("timestamp"), str) else None
-        when = _time(identity) or when
-    if message_id is None and not addresses:
+        read = _simple(event_type, doc, mail, when)
+    if message_id is None and not read.addresses:
         raise EventError("event names neither a message id nor a recipient")
     effects = []
-    for address in addresses or [None]:  # type: ignore[list-item]
-        raw = f"{kind}|{message_id}|{address and suppression_key(address)}|{identity}"
+    for address in read.addresses or [None]:  # type: ignore[list-item]
+        raw = f"{read.kind}|{message_id}|{address and suppression_key(address)}|{read.identity}"
         key = hashlib.sha256(raw.encode()).hexdigest()[:32]
-        effects.append(Effect(key, kind, message_id, address, campaign_id, recipient_id, when, detail))
+        effects.append(Effect(key, read.kind, message_id, address, campaign_id, recipient_id, read.when,
+                              read.detail))
     return effects
+
+
+def _bounce(doc: dict[str, Any], when: datetime | None) -> _Reading:
+    bounce = _obj(doc.get("bounce"), "bounce")
+    bounce_type = _str(bounce.get("bounceType"), "bounce.bounceType", required=True)
+    addresses = _addresses(bounce.get("bouncedRecipients"), "emailAddress", "bounce.bouncedRecipients")
+    return _Reading("hard_bounce" if bounce_type == "Permanent" else "soft_bounce", addresses,
+                    bounce.get("feedbackId"), _time(bounce.get("timestamp")) or when,
+                    f"{bounce_type}/{bounce.get('bounceSubType')}")
+
+
+def _complaint(doc: dict[str, Any], when: datetime | None) -> _Reading:
+    complaint = _obj(doc.get("complaint"), "complaint")
+    feedback = complaint.get("complaintFeedbackType")
+    addresses = _addresses(complaint.get("complainedRecipients"), "emailAddress", "complaint.complainedRecipients")
+    return _Reading("complaint", addresses, complaint.get("feedbackId"), _time(complaint.get("timestamp")) or when,
+                    feedback if isinstance(feedback, str) else None)
+
+
+def _delivery(doc: dict[str, Any], mail: dict[str, Any], when: datetime | None) -> _Reading:
+    delivery = _obj(doc.get("delivery"), "delivery")
+    addresses = _addresses(delivery.get("recipients", mail.get("destination")), "", "delivery.recipients")
+    return _Reading("delivered", addresses, delivery.get("timestamp"), _time(delivery.get("timestamp")) or when)
+
+
+def _simple(event_type: str, doc: dict[str, Any], mail: dict[str, Any], when: datetime | None) -> _Reading:
+    """Reject, Rendering Failure, DeliveryDelay, Subscription, Send, Open, Click."""
+    if event_type not in _SIMPLE:
+        raise EventError(f"unknown event type {event_type[:40]!r}")
+    kind, name = _SIMPLE[event_type]
+    section = doc.get(name)
+    section = section if isinstance(section, dict) else {}
+    detail = None
+    if kind == "reject":
+        detail = str(section.get("reason", "rejected"))[:500]
+    elif kind == "rendering_failure":
+        detail = str(section.get("errorMessage", "rendering failure"))[:500]
+    elif kind == "delay":
+        detail = str(section.get("delayType", "delayed"))[:100]
+    if kind == "delay" and isinstance(section.get("delayedRecipients"), list):
+        addresses = _addresses(section["delayedRecipients"], "emailAddress", "deliveryDelay.delayedRecipients")
+    else:
+        addresses = _addresses(mail.get("destination", []), "", "mail.destination")
+    identity = section.get("timestamp") if isinstance(section.get("timestamp"), str) else None
+    return _Reading(kind, addresses, identity, _time(identity) or when, detail)
 
 
 @dataclass

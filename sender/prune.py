@@ -12,7 +12,7 @@ from typing import TextIO
 
 import asyncpg
 
-from sender.config import ConfigError, Settings
+from sender.config import Settings
 from sender.db import QUERIES, connect
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
@@ -82,9 +82,7 @@ async def prune_command(settings: Settings, args: argparse.Namespace, out: TextI
     if args.chunk < 1:
         print("sender: --chunk must be a positive whole number", file=sys.stderr)
         return 2
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
-    conn = await connect(settings.database_url)
+    conn = await connect(settings.require_database())
     try:
         done = await prune(conn, age, dry_run=args.dry_run, chunk=args.chunk, out=out)
     finally:

@@ -8,7 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from sender.addresses import AddressError
-from sender.config import ConfigError, Settings
+from sender.config import Settings
 from sender.db import QUERIES, connect
 from sender.logs import mask_email
 from sender.suppression import REASONS, Suppression, checked_key, iterate, parse_import_line, suppress, unsuppress
@@ -38,9 +38,7 @@ def add_parser(sub: Any) -> None:
 
 async def suppress_command(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout,
                            err: TextIO = sys.stderr) -> int:
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL is not set: point it at the PostgreSQL database")
-    conn = await connect(settings.database_url)
+    conn = await connect(settings.require_database())
     try:
         if args.action == "list":
             counts = await conn.fetch(QUERIES["suppress_count"])

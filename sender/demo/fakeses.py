@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import gc
 import itertools
-import json
 import random
 import time
 import uuid
@@ -23,6 +22,9 @@ from email.utils import parseaddr
 from typing import Any
 
 from aiohttp import web
+
+from sender.demo.standalone import serve_until_interrupted
+from sender.listening import Listener
 
 
 def max_in_window(times: list[float], seconds: float = 1.0) -> int:
@@ -124,7 +126,7 @@ class FakeSES:
         self._window: deque[float] = deque()
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener(shutdown_timeout=0.5)  # hanging fault handlers must not hold up shutdown
         self.url = ""
         # deliverability demo (issue 11): called with each accepted message, e.g. to emit SES events
         self.on_message: Callable[[ReceivedMessage], None] | None = None
@@ -180,20 +182,11 @@ class FakeSES:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        # hanging fault handlers must not hold up shutdown
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server: Any = site._server
-        bound = server.sockets[0].getsockname()[1] if server is not None else port
-        self.url = f"http://{host}:{bound}"
+        self.url = f"http://{host}:{await self._listener.start(self.app(), host, port)}"
         return self.url
 
     async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -235,56 +228,60 @@ class FakeSES:
         body = await request.json()
         to = list(body.get("Destination", {}).get("ToAddresses", []))
         first_to = to[0] if to else ""
-
-        def reject(status: int, code: str, message: str) -> web.Response:
-            self.rejections.append(Rejection(arrived, code, first_to))
-            return self._error(status, code, message)
-
         fault = self._next_fault()
         if fault is not None:
-            response = reject(fault.status, fault.code, fault.message)
+            self.rejections.append(Rejection(arrived, fault.code, first_to))
             if fault.hang:
                 await asyncio.sleep(fault.hang)
             await self._delay()
-            return response
+            return self._error(fault.status, fault.code, fault.message)
+        refusal = self._refusal(body, to, arrived)
+        if refusal is not None:
+            self.rejections.append(Rejection(arrived, refusal[1], first_to))
+            return self._error(*refusal)
+        message = self._accept(body, to, arrived)
+        if self.on_message is not None:
+            self.on_message(message)
+        await self._delay()
+        return web.json_response({"MessageId": message.message_id})
+
+    def _refusal(self, body: dict[str, Any], to: list[str], arrived: float) -> tuple[int, str, str] | None:
+        """What SES would answer instead of accepting: account, identity, sandbox, address, quotas."""
         account = self.account
         if not account.sending_enabled:
-            return reject(400, "SendingPausedException", "Sending is paused for this account.")
+            return 400, "SendingPausedException", "Sending is paused for this account."
         from_email = parseaddr(body.get("FromEmailAddress", ""))[1]
         if self.check_identities and not self._sender_verified(from_email):
-            return reject(
-                400, "MessageRejected",
-                "Email address is not verified. The following identities failed the check in "
-                f"region {self.region.upper()}: {from_email}",
-            )
+            return (400, "MessageRejected", "Email address is not verified. The following identities failed the "
+                    f"check in region {self.region.upper()}: {from_email}")
         if not account.production:
             unverified = [a for a in to if parseaddr(a)[1].lower() not in self.verified_recipients
                           and not parseaddr(a)[1].lower().endswith("@simulator.amazonses.com")]
             if unverified:
-                return reject(
-                    400, "MessageRejected",
-                    "Email address is not verified. The following identities failed the check in "
-                    f"region {self.region.upper()}: {', '.join(unverified)}",
-                )
+                return (400, "MessageRejected", "Email address is not verified. The following identities failed "
+                        f"the check in region {self.region.upper()}: {', '.join(unverified)}")
         if any("@" not in parseaddr(a)[1] for a in to) or not to:
-            return reject(400, "BadRequestException", "Missing final '@domain'")
+            return 400, "BadRequestException", "Missing final '@domain'"
         if account.max_24h >= 0 and account.sent_24h + 1 > account.max_24h:
-            return reject(429, "TooManyRequestsException", "Daily message quota exceeded.")
+            return 429, "TooManyRequestsException", "Daily message quota exceeded."
         if self.enforce_rate:
             while self._window and arrived - self._window[0] >= 1.0:
                 self._window.popleft()
             if len(self._window) >= account.max_send_rate:
-                return reject(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
+                return 429, "TooManyRequestsException", "Maximum sending rate exceeded."
             self._window.append(arrived)
-        account.sent_24h += 1
+        return None
+
+    def _accept(self, body: dict[str, Any], to: list[str], arrived: float) -> ReceivedMessage:
+        """Count the message against the daily quota and record it."""
+        self.account.sent_24h += 1
         if len(self.messages) % 1000 == 999:
             # records are never garbage: keep them out of the collector's way so its passes do not
             # stall this loop and bunch the arrival times the quota is judged on
             gc.freeze()
         simple = body.get("Content", {}).get("Simple", {}) if self.keep_bodies else {}
-        message_id = f"0100{next(self._ids):012x}-{uuid.uuid4()}-000000"
-        self.messages.append(ReceivedMessage(
-            message_id=message_id,
+        message = ReceivedMessage(
+            message_id=f"0100{next(self._ids):012x}-{uuid.uuid4()}-000000",
             to=to,
             from_email=body.get("FromEmailAddress", ""),
             reply_to=list(body.get("ReplyToAddresses", [])),
@@ -296,11 +293,9 @@ class FakeSES:
             configuration_set=body.get("ConfigurationSetName"),
             received_at=arrived,
             received_wall=time.time(),
-        ))
-        if self.on_message is not None:
-            self.on_message(self.messages[-1])
-        await self._delay()
-        return web.json_response({"MessageId": message_id})
+        )
+        self.messages.append(message)
+        return message
 
     async def _get_account(self, request: web.Request) -> web.Response:
         self.account_requests += 1
@@ -462,21 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.identity:
         fake.add_identity(name)
 
-    async def serve() -> None:
-        url = await fake.start(args.host, args.port)
-        print(json.dumps({"fake_ses": url, "max_send_rate": args.rate}), flush=True)
-        await asyncio.Event().wait()
+    async def start() -> dict[str, Any]:
+        return {"fake_ses": await fake.start(args.host, args.port), "max_send_rate": args.rate}
 
-    try:
-        try:
-            import uvloop
-
-            uvloop.run(serve())
-        except ImportError:
-            asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_until_interrupted(start)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sender.demo.standalone import serve_until_interrupted
+from sender.listening import Listener
+
 
 @dataclass
 class _Message:
@@ -74,7 +77,7 @@ class FakeSQS:
         self.queues: dict[str, FakeQueue] = {}
         self.url = ""
         self._receipts = itertools.count(1)
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener(shutdown_timeout=0.5)
 
     def create_queue(self, name: str, visibility: float = 30.0) -> str:
         self.queues.setdefault(name, FakeQueue(name, visibility))
@@ -89,18 +92,11 @@ class FakeSQS:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application(client_max_size=2 * 1024 * 1024)
         app.router.add_post("/", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server: Any = site._server
-        self.url = f"http://{host}:{server.sockets[0].getsockname()[1]}"
+        self.url = f"http://{host}:{await self._listener.start(app, host, port)}"
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
 
     @staticmethod
     def _error(code: str, message: str, status: int = 400) -> web.Response:
@@ -208,31 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", default="ses-events")
     p.add_argument("--visibility", type=float, default=30.0)
     args = p.parse_args(argv)
+    control_listener = Listener()  # held here for as long as the fake serves
 
-    async def serve() -> None:
+    async def start() -> dict[str, Any]:
         fake = FakeSQS()
         app_url = await fake.start(args.host, args.port)
         control = web.Application(client_max_size=64 * 1024 * 1024)
         control["fake"] = fake
         control.router.add_post("/_fake/fill", _fill)
         control.router.add_get("/_fake/stats", _stats)
-        runner = web.AppRunner(control, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, args.host, 0)
-        await site.start()
-        server: Any = site._server
-        control_url = f"http://{args.host}:{server.sockets[0].getsockname()[1]}"
+        control_port = await control_listener.start(control, args.host, 0)
         queue_url = fake.create_queue(args.queue, args.visibility)
-        print(json.dumps({"fake_sqs": app_url, "queue_url": queue_url, "control": control_url}), flush=True)
-        await asyncio.Event().wait()
+        return {"fake_sqs": app_url, "queue_url": queue_url, "control": f"http://{args.host}:{control_port}"}
 
-    try:
-        import uvloop
-
-        uvloop.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_until_interrupted(start)
 
 
 if __name__ == "__main__":

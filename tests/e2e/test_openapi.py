@@ -1,7 +1,9 @@
-"""The OpenAPI document is the ops listener's contract: served, complete, and fuzzed with schemathesis.
+"""The OpenAPI document is the contract of both listeners: served, complete, and fuzzed with schemathesis.
 
 Operations are read from sender/openapi.json, so an endpoint added later needs only its description
-there; an endpoint the app serves but the document lacks fails `test_every_route_is_documented`.
+there; an endpoint either app serves but the document lacks fails `test_every_route_is_documented`.
+A path item's own `servers` (each marked `x-listener`) says which listener serves it; without them it
+is the ops listener's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
@@ -27,6 +30,7 @@ from sender.config import Settings
 from sender.daemon import Daemon
 from sender.demo.fakeses import FakeSES
 from sender.http import ACTIONS
+from sender.public_http import PublicServer
 from tests.helpers import add_campaign, add_contacts, add_template, running_daemon, wait_for
 
 TOKEN = "openapi-admin-token"
@@ -37,9 +41,25 @@ FATAL_WARNINGS = ["missing_auth", "validation_mismatch", "base_url_mismatch", "u
                   "method_not_allowed", "dictionary_mismatch", "unresolvable_reference", "missing_deserializer"]
 
 
-def operations() -> list[tuple[str, str, dict[str, Any]]]:
+def listeners(path: str) -> set[str]:
+    """Which listeners serve a documented path: `ops`, `public` or both."""
+    return {server["x-listener"] for server in DOCUMENT["paths"][path].get("servers", DOCUMENT["servers"])}
+
+
+def operations(listener: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     return [(method.upper(), path, op) for path, item in DOCUMENT["paths"].items()
-            for method, op in item.items() if method in METHODS]
+            for method, op in item.items() if method in METHODS and (listener is None or listener in listeners(path))]
+
+
+def routes(app: web.Application) -> set[tuple[str, str]]:
+    routed = set()
+    for route in app.router.routes():
+        if route.method in ("HEAD", "*"):
+            continue
+        path = route.resource.canonical if route.resource else ""
+        expanded = [path.replace("{action}", a) for a in ACTIONS] if "{action}" in path else [path]
+        routed |= {(route.method, p) for p in expanded}
+    return routed
 
 
 def concrete(path: str) -> str:
@@ -77,17 +97,29 @@ def test_document_is_valid_openapi_3_1_and_names_this_version() -> None:
         assert op.get("operationId") and op.get("responses"), f"{method} {path}"
 
 
+def test_every_server_names_its_listener() -> None:
+    servers = DOCUMENT["servers"] + [s for item in DOCUMENT["paths"].values() for s in item.get("servers", [])]
+    assert {s.get("x-listener") for s in servers} == {"ops", "public"}
+    assert listeners("/u/{token}") == listeners("/ses/events") == {"public"}
+    assert listeners("/healthz") == {"ops", "public"} and listeners("/metrics") == {"ops"}
+
+
 def test_every_route_is_documented(settings: Settings) -> None:
-    """Both ways: what the app routes is in the document, and the document describes nothing unrouted."""
-    daemon = Daemon(settings.with_overrides(admin_token=TOKEN))
-    routed = set()
-    for route in daemon.ops.app().router.routes():
-        if route.method in ("HEAD", "*"):
-            continue
-        path = route.resource.canonical if route.resource else ""
-        expanded = [path.replace("{action}", a) for a in ACTIONS] if "{action}" in path else [path]
-        routed |= {(route.method, p) for p in expanded}
-    documented = {(method, path) for method, path, _ in operations()}
+    """Both ways: what the ops app routes is in the document, and the document describes nothing unrouted."""
+    routed = routes(Daemon(settings.with_overrides(admin_token=TOKEN)).ops.app())
+    documented = {(method, path) for method, path, _ in operations("ops")}
+    assert routed == documented, f"undocumented: {routed - documented}; not routed: {documented - routed}"
+
+
+def test_every_public_route_is_documented(settings: Settings) -> None:
+    """The same for the public listener, with the SNS endpoint routed (SENDER_SNS_TOPIC_ARNS set)."""
+
+    async def events(request: web.Request) -> web.Response:
+        raise AssertionError("not called")
+
+    public = PublicServer(settings.with_overrides(unsubscribe_secret="s"), pool=None, events=events)  # type: ignore[arg-type]
+    routed = routes(public.app())
+    documented = {(method, path) for method, path, _ in operations("public")}
     assert routed == documented, f"undocumented: {routed - documented}; not routed: {documented - routed}"
 
 
@@ -99,7 +131,7 @@ async def test_openapi_json_is_served_as_kept_in_the_repository(admin_daemon: Da
 
 
 async def test_auth_is_enforced_on_every_secured_operation(admin_daemon: Daemon) -> None:
-    secured = [(m, p) for m, p, op in operations() if op.get("security", DOCUMENT.get("security"))]
+    secured = [(m, p) for m, p, op in operations("ops") if op.get("security", DOCUMENT.get("security"))]
     assert secured, "the document marks no operation as secured"
     base = f"http://127.0.0.1:{admin_daemon.ops.port}"
     async with aiohttp.ClientSession() as http:
@@ -125,7 +157,8 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
         f"[dictionaries.campaigns]\nvalues = {sorted(seeded)}\n\n"
         '[parameters]\n"path.id" = { dictionary = "campaigns", probability = 0.5 }\n')
     proc = await asyncio.create_subprocess_exec(
-        str(SCHEMATHESIS), "run", url, "--header", f"Authorization: Bearer {TOKEN}",
+        str(SCHEMATHESIS), "run", url, "--url", f"http://127.0.0.1:{admin_daemon.ops.port}", "--exclude-tag", "public",
+        "--header", f"Authorization: Bearer {TOKEN}",
         "--checks", "all", "--phases", "examples,coverage,fuzzing", "--max-examples", "25",
         "--workers", "2", "--generation-database", "none", "--request-timeout", "10", "--no-color",
         "--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml"),
@@ -137,7 +170,7 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
     junit = (tmp_path / "junit.xml").read_text()
     tested = set(re.findall(r'<testcase name="([A-Z]+ [^"]+)"', junit))
     # schemathesis leaves out the document's own endpoint; test_openapi_json_is_served_… covers it
-    assert tested == {f"{m} {p}" for m, p, _ in operations() if p != "/openapi.json"}, text[-3000:]
+    assert tested == {f"{m} {p}" for m, p, _ in operations("ops") if p != "/openapi.json"}, text[-3000:]
     assert TOKEN not in text
     now = dict(await db.fetch("SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])", list(seeded)))
     assert now != seeded, "no action reached a real campaign"

@@ -33,6 +33,9 @@ def test_ses_region_overrides_aws_region_and_endpoint_overrides() -> None:
     ({"SENDER_CRASH_POLICY": "maybe"}, "SENDER_CRASH_POLICY: expected one of retry, fail, got 'maybe'"),
     ({"SENDER_LOG_FORMAT": "xml"}, "SENDER_LOG_FORMAT"),
     ({"SENDER_HTTP_PORT": "70000"}, "SENDER_HTTP_PORT: must be at most 65535"),
+    ({"SENDER_HTTP_PORT_BASE": "9000"}, "SENDER_HTTP_PORT_BASE: needs SENDER_INSTANCE_INDEX"),
+    ({"SENDER_HTTP_PORT_BASE": "0", "SENDER_INSTANCE_INDEX": "1"}, "SENDER_HTTP_PORT_BASE: must be at least 1"),
+    ({"SENDER_INSTANCE_INDEX": "-1"}, "SENDER_INSTANCE_INDEX: expected a whole number"),
     ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL: expected a postgresql:// DSN"),
     ({"DATABASE_URL": "postgresql://u:p@h:notaport/db"}, "DATABASE_URL: malformed DSN"),
     ({"UNSUBSCRIBE_URL": "https://x/u"}, "UNSUBSCRIBE_URL: expected an http(s) URL containing {token}"),
@@ -41,6 +44,16 @@ def test_ses_region_overrides_aws_region_and_endpoint_overrides() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_settings(env)
+
+
+def test_ports_from_a_base_and_the_instance_index() -> None:
+    s = load_settings({"SENDER_INSTANCE_INDEX": "3", "SENDER_HTTP_PORT_BASE": "9100"})
+    assert (s.instance_index, s.http_port, s.public_http_port) == (3, 9103, None)
+    assert "@3-" in s.instance_id
+    # port 0 (any free port) is no shared port; an explicit instance id wins over the derived one
+    s = load_settings({"SENDER_INSTANCE_INDEX": "3", "SENDER_HTTP_PORT": "0", "SENDER_INSTANCE_ID": "blue-3"})
+    assert (s.http_port, s.instance_id) == (0, "blue-3")
+    assert load_settings({}).instance_index is None and "@" not in load_settings({}).instance_id
 
 
 def test_secrets_never_in_repr_or_errors() -> None:
