@@ -25,7 +25,7 @@ from sender.config import ConfigError, Settings
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.db.health import DatabaseHealth
 from sender.db.migrate import check_schema
-from sender.db.pool import connection_budget, open_pool
+from sender.db.pool import connection_budget, open_dedicated, open_pool
 from sender.db.wakeups import Wakeups
 from sender.deliverability import Deliverability
 from sender.delivery import SendContext
@@ -37,7 +37,7 @@ from sender.rate_metrics import ClusterMetrics
 from sender.ratelimit import AccountRate
 from sender.runner import CampaignRunner
 from sender.ses import RetryPolicy, SendFailure, SesClient, open_ses
-from sender.shared_rate import ACCOUNT, BudgetCounters, SharedRate, wire_gate
+from sender.shared_rate import ACCOUNT, BudgetCounters, GrantLine, SharedRate, wire_gate
 from sender.supervisor import Supervisor
 from sender.systemd import SystemdNotifier
 from sender.tick import Materialiser, Tick
@@ -181,8 +181,8 @@ class Daemon:
             buffer=ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
                                 metrics=self.metrics),
             account=self.account, rate=self.rate,
-            account_budget=SharedRate(self._pool, ACCOUNT, self.rate.cap, demand=self._ready_rows,
-                                      margin=s.rate_headroom),
+            account_budget=SharedRate(GrantLine(lambda: open_dedicated(s), idle_seconds=s.db_idle_seconds), ACCOUNT,
+                                      self.rate.cap, demand=self._ready_rows, margin=s.rate_headroom),
             concurrency=concurrency,
             inflight=asyncio.Semaphore(concurrency),
             retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
@@ -249,6 +249,8 @@ class Daemon:
                       note="rows stay claimed and are recovered after the instance timeout")
 
     async def _close_db(self) -> None:
+        if self._ctx is not None:
+            self._ctx.account_budget.line.close()
         await self.wakeups.close()
         await self.heartbeat.close()
         if self._pool is not None:
@@ -344,7 +346,7 @@ class Daemon:
     def _budget_counters(self) -> dict[str, BudgetCounters]:
         if self._ctx is None:
             return {}
-        return {"account": self._ctx.account_budget.counters, "campaign": self._ctx.campaign_budgets}
+        return {"account": self._ctx.account_budget.counters}
 
     def _ready_rows(self) -> int:
         """Rows queued to send soon on this instance: what it asks the account budget for."""

@@ -21,9 +21,9 @@ from sender.heartbeat import Heartbeat
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome
 from sender.metrics import Metrics
-from sender.ratelimit import AccountRate
+from sender.ratelimit import AccountRate, CampaignWindow
 from sender.ses import ErrorKind, OutgoingEmail, RetryPolicy, SendFailure, SesClient, classify
-from sender.shared_rate import WIRE_PASS, BudgetCounters, SharedRate, WirePass, Withdrawn
+from sender.shared_rate import WIRE_PASS, SharedRate, WirePass, Withdrawn
 from sender.writeback import ResultBuffer
 
 log = get_logger("sender.delivery")
@@ -48,7 +48,6 @@ class SendContext:
     on_campaign_error: Callable[[int, SendFailure], None]
     deliveries: dict[asyncio.Task[None], int] = field(default_factory=dict)  # task -> recipient id
     claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    campaign_budgets: BudgetCounters = field(default_factory=BudgetCounters)  # all campaigns' budgets together
     sent_count: int = 0  # sends accepted by SES on this instance, for the rate the heartbeat reports
 
     def finish(self, campaign_id: int, outcome: Outcome) -> None:
@@ -88,11 +87,11 @@ class Delivery:
         self.campaign_id = campaign_id
         self._is_stopping = is_stopping
 
-    def start(self, row: Claimed, email: OutgoingEmail, budget: SharedRate | None) -> None:
+    def start(self, row: Claimed, email: OutgoingEmail, window: CampaignWindow | None) -> None:
         """Spawn the delivery task (the caller holds an `inflight` slot, released when it ends). The
-        request waits at the wire for a slot of the campaign's `budget` (if any) and the account's."""
+        request waits at the wire for an account slot within the campaign's `window` (if any)."""
         ctx = self.ctx
-        wire = WirePass(ctx.account_budget, budget, withdrawn=lambda: self._withdrawn(row), reserved=True)
+        wire = WirePass(ctx.account_budget, window, withdrawn=lambda: self._withdrawn(row), reserved=True)
         task = asyncio.create_task(self._run(row, email, wire), name=f"deliver-{self.campaign_id}")
         self.ctx.deliveries[task] = row.id
         task.add_done_callback(lambda done: self._done(done, wire))

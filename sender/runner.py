@@ -2,11 +2,12 @@
 
 A claimer keeps a small local queue filled from the database; a dispatcher takes rows in order,
 settles the ones that must not be sent (skipped, invalid, unrenderable) without using a rate
-slot, and waits for a token of the campaign's shared budget (when it has a rate) and of the
-account's before spawning a Delivery. Campaigns of one instance take account tokens in turn
-(FIFO), so each sending campaign gets an equal share of the cap, a campaign with rate_per_sec
-never more than its rate, and what one cannot use goes to the others. No database lock is held
-while SES is called.
+slot, and spawns a Delivery for each ready one while there is room among the few requests
+waiting at the wire for an account slot (sender.shared_rate). Requests of every campaign take
+account slots in turn (FIFO), so each sending campaign gets an equal share of the cap, a campaign
+with rate_per_sec never more than its rate (it is sent by the one instance holding its lease,
+sender.campaign_lease), and what one cannot use goes to the others. No database lock is held while
+SES is called.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Callable
 import asyncpg
 
 from sender.backoff import Backoff
+from sender.campaign_lease import RENEW_AFTER, CampaignLease
 from sender.campaigns import CampaignPlan
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.delivery import Delivery, SendContext
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome, prepare
-from sender.shared_rate import SharedRate, campaign_key
+from sender.ratelimit import CampaignWindow
 
 log = get_logger("sender.runner")
 
@@ -37,12 +39,14 @@ class CampaignRunner:
                  held_ids: Callable[[], set[int]]) -> None:
         self.plan = plan
         self.ctx = ctx
-        self.budget: SharedRate | None = None  # the campaign's own shared budget, when it has a rate
+        self.window: CampaignWindow | None = None  # the campaign's own rate, when it has one
+        self.lease: CampaignLease | None = None  # ... which only the lease holder may send at
+        self._lease_ok = asyncio.Event()
         self.queue: deque[Claimed] = deque()
         self.cursor = 0
         self.stopping: str | None = None
         self._held_ids = held_ids
-        self._delivery = Delivery(ctx, plan.id, lambda: self.stopping is not None)
+        self._delivery = Delivery(ctx, plan.id, self._withdrawn)
         self._has_rows = asyncio.Event()
         self._wants_rows = asyncio.Event()
         self._wants_rows.set()
@@ -64,7 +68,7 @@ class CampaignRunner:
 
     @property
     def rate(self) -> float:
-        return self.budget.rate if self.budget is not None else self.ctx.rate.cap
+        return self.window.rate if self.window is not None else self.ctx.rate.cap
 
     @property
     def batch_size(self) -> int:
@@ -74,12 +78,18 @@ class CampaignRunner:
     def set_rate(self, rate: float | None) -> None:
         """The campaign's own rate (None: none, it shares the account's cap)."""
         if rate is None:
-            self.budget = None
-        elif self.budget is None:
-            self.budget = SharedRate(self.ctx.pool, campaign_key(self.plan.id), rate, demand=self.ready,
-                                     margin=self.ctx.settings.rate_headroom, counters=self.ctx.campaign_budgets)
+            self.window = self.lease = None
+            self._lease_ok.set()
+        elif self.window is None:
+            self.window = CampaignWindow(rate, margin=self.ctx.settings.rate_headroom)
+            self.lease = CampaignLease(self.ctx.pool, self.plan.id, self.ctx.settings.instance_id)
+            self._lease_ok.clear()
         else:
-            self.budget.set_rate(rate)
+            self.window.set_rate(rate)
+
+    def _withdrawn(self) -> bool:
+        """Requests waiting at the wire go back unsent: the campaign stopped, or its lease was lost."""
+        return self.stopping is not None or (self.lease is not None and not self.lease.held())
 
     def retries_due(self) -> None:
         """The tick saw rows of this campaign due for another attempt."""
@@ -90,6 +100,7 @@ class CampaignRunner:
         self._tasks = [
             asyncio.create_task(self._claimer(), name=f"claim-{self.plan.id}"),
             asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.plan.id}"),
+            asyncio.create_task(self._leaser(), name=f"lease-{self.plan.id}"),
         ]
 
     def crashed(self) -> BaseException | None:
@@ -111,6 +122,30 @@ class CampaignRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.release_queued(cancelled=mode == "cancel")
+        if self.lease is not None:
+            try:
+                await self.lease.release()
+            except DB_ERRORS:
+                pass  # it runs out by itself within LEASE_SECONDS
+
+    # -- the campaign's lease (campaigns with a rate of their own) ----------------------------
+
+    async def _leaser(self) -> None:
+        """Take and renew the lease every RENEW_AFTER; without it, hand back what is queued."""
+        while True:
+            lease = self.lease
+            if lease is not None:
+                try:
+                    held = await lease.hold()
+                except DB_ERRORS as exc:
+                    log.warning("campaign_lease_failed", campaign_id=self.plan.id, error=db_error_text(exc))
+                    held = lease.held()
+                if held:
+                    self._lease_ok.set()
+                else:
+                    self._lease_ok.clear()
+                    self.release_queued()
+            await asyncio.sleep(RENEW_AFTER)
 
     def release_queued(self, *, cancelled: bool = False) -> int:
         count = 0
@@ -131,6 +166,7 @@ class CampaignRunner:
         backoff = Backoff(initial=0.1, cap=1.0)
         while True:
             await self.ctx.account.gate.wait_open()
+            await self._lease_ok.wait()
             if len(self.queue) >= self.batch_size // 2 + 1:
                 self._wants_rows.clear()
                 await self._wants_rows.wait()
@@ -212,6 +248,7 @@ class CampaignRunner:
         ctx = self.ctx
         while True:
             await ctx.account.gate.wait_open()
+            await self._lease_ok.wait()
             if not self.queue:
                 self._has_rows.clear()
                 self._wants_rows.set()
@@ -241,10 +278,8 @@ class CampaignRunner:
                 if not ctx.account.gate.is_open:
                     self.release_queued()  # the account stopped while we waited
                 continue
-            if self.budget is not None:
-                self.budget.reserve()
             ctx.account_budget.reserve()
-            self._delivery.start(row, email, self.budget)
+            self._delivery.start(row, email, self.window)
 
     async def _wait_for_room(self) -> None:
         """An in-flight slot, and room among the few requests waiting at the wire for a rate slot
@@ -252,8 +287,6 @@ class CampaignRunner:
         ctx = self.ctx
         await ctx.inflight.acquire()
         try:
-            if self.budget is not None:
-                await self.budget.wait_room()
             await ctx.account_budget.wait_room()
         except asyncio.CancelledError:
             ctx.inflight.release()

@@ -10,6 +10,7 @@ import enum
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +195,9 @@ class AccountInfo:
         )
 
 
+_DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar("send_deadline", default=None)
+
+
 class SesClient:
     """The one SES v2 client an instance uses, with a hard per-call time limit."""
 
@@ -208,12 +212,21 @@ class SesClient:
 
         async def before_send(**_: Any) -> None:
             await gate()
+            deadline = _DEADLINE.get()
+            if deadline is not None:  # the call's time limit starts now, not while it waited for a slot
+                deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
 
         self._client.meta.events.register("before-send.sesv2.SendEmail", before_send)
 
     async def send(self, email: OutgoingEmail) -> str:
-        async with asyncio.timeout(self._timeout):
-            response = await self._client.send_email(**email.as_request())
+        """One SendEmail call, limited to the send timeout once it is on the wire (the wait for a rate
+        slot at the wire does not count: a slow grant is not SES failing to answer)."""
+        async with asyncio.timeout(None) as deadline:
+            token = _DEADLINE.set(deadline)
+            try:
+                response = await self._client.send_email(**email.as_request())
+            finally:
+                _DEADLINE.reset(token)
         return str(response["MessageId"])
 
     async def account(self) -> AccountInfo:

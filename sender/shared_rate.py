@@ -1,4 +1,4 @@
-"""Send budgets shared by every instance through PostgreSQL: the account cap and campaign rates.
+"""The account's send budget, shared by every instance through PostgreSQL.
 
 A budget is one GCRA row (migration 0005). An instance asks for a grant of consecutive slots,
 about GRANT_SECONDS of sending or what it has ready if less, and spends each token at the wire
@@ -14,9 +14,9 @@ that finds the first slot stale simply takes the next one, so a busy event loop 
 a pile-up. The dispatcher keeps only a few requests waiting there (`room`), so a pause or a stop
 withdraws the rest unsent.
 
-A campaign with rate_per_sec has a budget of its own: a request first waits for one of its slots,
-then takes the account's. Its tokens stay usable for one account slot longer, and its rate is cut
-by as much more, so it never exceeds its rate either.
+A campaign with rate_per_sec is sent by one instance at a time (sender.campaign_lease): after
+the account's slot, its request must also fit the campaign's window (ratelimit.CampaignWindow),
+or it hands the slot to the next request and waits for the window.
 
 Cost: one grant per GRANT_SECONDS of sending at most (fewer when others share the budget), and
 the same round trip for 1 or 50 tokens.
@@ -38,6 +38,7 @@ import asyncpg
 from sender.backoff import Backoff
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.logs import get_logger
+from sender.ratelimit import CampaignWindow
 
 log = get_logger("sender.shared_rate")
 
@@ -50,10 +51,6 @@ RECOVERY_PER_SECOND = 0.1  # of the rate, regained per second once throttling is
 QUIET_SECONDS = 1.0
 
 ACCOUNT = "account"
-
-
-def campaign_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}"
 
 
 class Withdrawn(Exception):
@@ -87,6 +84,64 @@ class DatabaseClock:
 DB_CLOCK = DatabaseClock()  # one per process: every budget, every instance on this host sees one clock
 
 
+def _ignore_outcome(call: asyncio.Future[object]) -> None:
+    if not call.cancelled():
+        call.exception()
+
+
+class GrantLine:
+    """A connection of its own for grants and throttling cuts.
+
+    Grants never wait behind claims and write-backs for a pooled connection (a late grant is lost
+    sending time); a connection stuck on a lost reply is terminated and replaced instead of
+    stalling every send; an idle one is closed after `idle_seconds`.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], *, idle_seconds: float = 60.0) -> None:
+        self._connect = connect
+        self._idle_seconds = idle_seconds
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._last_used = 0.0
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record:
+        async with self._lock:
+            self._last_used = time.monotonic()
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncio.wait_for(self._connect(), 10)
+                    asyncio.get_running_loop().call_later(self._idle_seconds, self._close_if_idle)
+                conn = self._conn
+                assert conn is not None
+                call = asyncio.ensure_future(conn.fetchrow(query, *args))
+                try:
+                    done, _ = await asyncio.wait({call}, timeout=5)
+                finally:
+                    if not call.done():  # timed out or cancelled: never wait on a connection that hangs
+                        call.add_done_callback(_ignore_outcome)
+                        call.cancel()
+                if not done:
+                    raise TimeoutError("no answer to a grant within 5 s")
+                return call.result()
+            except BaseException:
+                self.close()
+                raise
+
+    def _close_if_idle(self) -> None:
+        if self._conn is None:
+            return
+        idle = time.monotonic() - self._last_used
+        if idle >= self._idle_seconds and not self._lock.locked():
+            self.close()
+        else:
+            asyncio.get_running_loop().call_later(max(1.0, self._idle_seconds - idle), self._close_if_idle)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+
 class BudgetCounters:
     """What a budget reports to metrics (kept apart so tests can read it without Prometheus)."""
 
@@ -100,26 +155,27 @@ class BudgetCounters:
 class SharedRate:
     """One shared budget as this instance sees it: a local queue of granted slots."""
 
-    def __init__(self, pool: asyncpg.Pool, key: str, rate: float, *, demand: Callable[[], int], margin: float,
-                 late: float = LATE, counters: BudgetCounters | None = None) -> None:
-        self.pool = pool
+    def __init__(self, line: GrantLine, key: str, rate: float, *, demand: Callable[[], int], margin: float,
+                 late: float = LATE) -> None:
+        self.line = line
         self.key = key
         self.rate = rate
         self.margin = margin
         self.late = late
         self.effective = rate * (1 - margin)  # slots per second, after any throttling cut, as of the last grant
-        self.counters = counters or BudgetCounters()  # campaign budgets share one set
+        self.counters = BudgetCounters()
         self.waiting = 0  # requests waiting for a slot at the wire
         self.pending = 0  # requests dispatched to this budget that have not passed it yet
         self._room = asyncio.Event()
         self._demand = demand
         self._slots: deque[float] = deque()
-        self._waiters: deque[asyncio.Future[float]] = deque()  # FIFO: requests take slots in arrival order
+        self._waiters: deque[tuple[asyncio.Future[float], Callable[[], bool]]] = deque()  # FIFO, with "withdrawn?"
         self._pump: asyncio.Task[None] | None = None
         self._fetch: asyncio.Task[None] | None = None
         self._not_before = 0.0  # monotonic: the database said no slot before this
         self._backoff = Backoff(initial=0.05, cap=1.0)
         self._last_throttle = -math.inf
+        self._grant_time = 0.0  # how long a grant takes (pool wait included), smoothed
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
@@ -148,10 +204,12 @@ class SharedRate:
     def _left(self) -> None:
         self.waiting -= 1
 
-    async def take(self) -> float:
-        """Wait (in FIFO order) for the next slot to come and use it; returns the slot."""
+    async def take(self, withdrawn: Callable[[], bool] = lambda: False) -> float:
+        """Wait (in FIFO order) for the next slot to come and use it; returns the slot. Raises
+        Withdrawn when `withdrawn` turns true while it waits (checked whenever the budget wakes)."""
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, withdrawn)
+        self._waiters.append(entry)
         self.waiting += 1
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._hand_out(), name=f"slots-{self.key}")
@@ -163,45 +221,36 @@ class SharedRate:
             raise
         finally:
             with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
             self._left()
 
     async def _hand_out(self) -> None:
         """Give every slot that has come to the next waiter, all in one pass: a busy event loop
         wakes this once for many slots instead of passing a lock from waiter to waiter."""
         while self._waiters:
-            await self._next_slot()
+            await self._next_slot(self._sweep)
             now = time.monotonic()
             while self._waiters and self._slots and self._slots[0] <= now:
-                waiter = self._waiters.popleft()
+                waiter, _ = self._waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(self._slots.popleft())
 
-    async def due(self) -> None:
-        """Wait until a slot has come, without using it (a campaign's, before the account's is taken)."""
-        self.waiting += 1
-        try:
-            await self._next_slot()
-        finally:
-            self._left()
-
-    def take_due(self) -> bool:
-        """Use a slot that has come and is not stale, if there is one."""
-        now = time.monotonic()
-        self._drop_expired(now)
-        if self._slots and self._slots[0] <= now:
-            self._slots.popleft()
-            return True
-        return False
+    def _sweep(self) -> None:
+        """Fail the waiters whose request was withdrawn (its campaign stopped, the account stopped)."""
+        for waiter, withdrawn in list(self._waiters):
+            if not waiter.done() and withdrawn():
+                waiter.set_exception(Withdrawn("the campaign stopped while the request waited for a rate slot"))
 
     def give_back(self, slot: float) -> None:
         """A slot taken but not spent: the next request may still use it."""
         if slot + self.late >= time.monotonic():
             self._slots.appendleft(slot)
 
-    async def _next_slot(self) -> float:
-        """Sleep until the first slot held has come (asking for grants as needed); returns it."""
+    async def _next_slot(self, check: Callable[[], None]) -> float:
+        """Sleep until the first slot held has come (asking for grants as needed); returns it.
+        `check` runs on every wake-up (at least once a second while the database is away)."""
         while True:
+            check()
             now = time.monotonic()
             self._drop_expired(now)
             self._maybe_fetch(now)
@@ -221,14 +270,12 @@ class SharedRate:
             return  # the database cuts at most once a second anyway: spare the round trips
         self._last_throttle = now
         with contextlib.suppress(*DB_ERRORS):
-            factor = await self.pool.fetchval(QUERIES["rate_throttle"], self.key, RECOVERY_PER_SECOND,
-                                              QUIET_SECONDS, timeout=5)
-            self.effective = self._slot_rate() * float(factor)
+            row = await self.line.fetchrow(QUERIES["rate_throttle"], self.key, RECOVERY_PER_SECOND, QUIET_SECONDS)
+            self.effective = self._slot_rate() * float(row[0])
 
     def _slot_rate(self) -> float:
-        """Slots per second before throttling: the rate less the margin, and less the extra lateness
-        this budget's tokens are allowed (a campaign's)."""
-        return self.rate * max(0.05, 1 - self.margin - (self.late - LATE))
+        """Slots per second before throttling: the rate less the margin."""
+        return self.rate * (1 - self.margin)
 
     def _drop_expired(self, now: float) -> None:
         while self._slots and self._slots[0] + self.late < now:
@@ -238,8 +285,8 @@ class SharedRate:
     def _maybe_fetch(self, now: float) -> None:
         if self._fetch is not None or now < self._not_before:
             return
-        if self._slots and self._slots[-1] - now > PREFETCH:
-            return
+        if self._slots and self._slots[-1] - now > max(PREFETCH, 2 * self._grant_time):
+            return  # the next grant will be back before these run out
         if self._slots and self._demand() + max(self.pending, self.waiting) <= len(self._slots):
             return  # what we hold covers what we have ready
         self._fetch = asyncio.create_task(self._grant(), name=f"grant-{self.key}")
@@ -248,13 +295,14 @@ class SharedRate:
         try:
             wanted = max(1, min(math.ceil(self.rate * GRANT_SECONDS),
                                 self._demand() + max(self.pending, self.waiting) - len(self._slots)))
-            async with self.pool.acquire() as conn:
-                sent = time.monotonic()
-                row = await conn.fetchrow(QUERIES["rate_grant"], self.key, self._slot_rate(), wanted,
-                                          max(HORIZON, 2.0 / max(self.rate, 1e-3)), RECOVERY_PER_SECOND,
-                                          QUIET_SECONDS, timeout=5)
-                DB_CLOCK.sample(sent, time.monotonic(), float(row["db_now"]))
+            asked = time.monotonic()
+            lead = min(0.5, 0.75 * self._grant_time)  # the reply's way back, so no slot arrives stale
+            row = await self.line.fetchrow(QUERIES["rate_grant"], self.key, self._slot_rate(), wanted, lead,
+                                           max(HORIZON, 2.0 / max(self.rate, 1e-3)), RECOVERY_PER_SECOND,
+                                           QUIET_SECONDS)
+            DB_CLOCK.sample(asked, time.monotonic(), float(row["db_now"]))
             here = DB_CLOCK.local(float(row["db_now"]))
+            self._grant_time = 0.8 * self._grant_time + 0.2 * (time.monotonic() - asked)
             self._backoff.reset()
             self.counters.grants += 1
             spacing = float(row["spacing"])
@@ -276,37 +324,33 @@ class SharedRate:
 
 @dataclass
 class WirePass:
-    """What one delivery spends at the wire: a slot of its campaign's budget (if any), then the account's.
+    """What one delivery spends at the wire: an account slot, within its campaign's window if it has one.
 
     Spent right before each request goes out (a retry after a 429 spends again). `withdrawn` says
     the campaign stopped while the request waited: it raises Withdrawn and the row goes back unsent.
     """
 
     account: SharedRate
-    campaign: SharedRate | None = None
+    window: CampaignWindow | None = None
     withdrawn: Callable[[], bool] = lambda: False
-    reserved: bool = False  # the dispatcher reserved room for it in both budgets
+    reserved: bool = False  # the dispatcher reserved room for it in the account's budget
 
     async def spend(self) -> None:
         while True:
-            if self.campaign is not None:
-                self.campaign.late = LATE + 1.0 / max(self.account.effective, 1e-3)  # one account slot more
-                await self.campaign.due()
             self._check()
-            slot = await self.account.take()
+            slot = await self.account.take(self.withdrawn)
             self._check()
-            if self.campaign is None or self.campaign.take_due():
+            if self.window is None or self.window.try_admit():
                 self.release()
                 return
-            self.account.give_back(slot)  # another request of this campaign took its slot first
+            self.account.give_back(slot)  # the campaign's window is full: the next request may use it
+            await asyncio.sleep(self.window.free_in(time.monotonic()))
 
     def release(self) -> None:
         """Give back the room the dispatcher reserved (once: after the first spend, or at the end)."""
         if self.reserved:
             self.reserved = False
             self.account.release()
-            if self.campaign is not None:
-                self.campaign.release()
 
     def _check(self) -> None:
         if self.withdrawn():

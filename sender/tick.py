@@ -218,7 +218,7 @@ class Tick:
             recovered = len(await pool.fetch(QUERIES["recover_orphans_retry"], *args, timeout=30))
         if recovered:
             log.warning("recovered_orphaned_rows", rows=recovered, policy=s.crash_policy)
-        await pool.execute(QUERIES["rate_budgets_forget"], timeout=10)
+
 
 
 class Materialiser:

@@ -56,18 +56,25 @@ SELECT h.reason AS hold_reason, h.code AS hold_code, h.set_by AS hold_set_by,
  WHERE h.id = 1
 
 -- rate_grant --
--- Up to $3 consecutive slots of budget $1 at $2/s, none more than $4 s ahead (migration 0005).
-SELECT db_now, start_in, granted, spacing, retry_in FROM sender_rate_grant($1, $2, $3, $4, $5, $6)
+-- Up to $3 consecutive slots of budget $1 at $2/s, none sooner than $4 s nor more than $5 s ahead
+-- (migration 0005).
+SELECT db_now, start_in, granted, spacing, retry_in FROM sender_rate_grant($1, $2, $3, $4, $5, $6, $7)
 
 -- rate_throttle --
 -- A 429: cut budget $1 for every instance; returns the factor now in force.
 SELECT sender_rate_throttle($1, $2, $3)
 
--- rate_budgets_forget --
--- Budgets of campaigns that no longer send (the account's row stays).
-DELETE FROM sender_rate_budgets b
- WHERE b.key LIKE 'campaign:%'
-   AND NOT EXISTS (SELECT 1 FROM campaigns c WHERE 'campaign:' || c.id = b.key AND c.status = 'sending')
+-- campaign_lease_take --
+-- Take or renew campaign $1's lease for instance $2 for $3 s; returns the holder (us, or the
+-- instance that still holds it).
+INSERT INTO sender_campaign_leases AS l (campaign_id, instance_id, held_until)
+VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))
+ON CONFLICT (campaign_id) DO UPDATE SET instance_id = EXCLUDED.instance_id, held_until = EXCLUDED.held_until
+ WHERE l.instance_id = EXCLUDED.instance_id OR l.held_until < clock_timestamp()
+RETURNING instance_id
+
+-- campaign_lease_release --
+DELETE FROM sender_campaign_leases WHERE campaign_id = $1 AND instance_id = $2
 
 -- account_hold_set --
 UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $3

@@ -30,10 +30,11 @@ LANGUAGE sql IMMUTABLE AS $$
            END
 $$;
 
--- Grant up to p_wanted slots of budget p_key at p_rate per second, none starting later than
+-- Grant up to p_wanted slots of budget p_key at p_rate per second, none earlier than p_lead
+-- seconds from now (the reply's way back: a slot must not be stale on arrival) nor later than
 -- p_horizon seconds from now. Returns the database's clock (epoch seconds), when the first slot
 -- is (seconds from that), how many slots, their spacing, and when to ask again if none was granted.
-CREATE FUNCTION sender_rate_grant(p_key text, p_rate float8, p_wanted int, p_horizon float8,
+CREATE FUNCTION sender_rate_grant(p_key text, p_rate float8, p_wanted int, p_lead float8, p_horizon float8,
                                   p_recovery float8, p_quiet float8)
 RETURNS TABLE (db_now float8, start_in float8, granted int, spacing float8, retry_in float8)
 LANGUAGE plpgsql AS $$
@@ -49,7 +50,7 @@ BEGIN
     SELECT * INTO b FROM sender_rate_budgets WHERE key = p_key FOR UPDATE;
     t := clock_timestamp();  -- after the lock: slots are never placed in the past of another grant
     rate := p_rate * sender_rate_factor(b.factor, b.cut_at, t, p_recovery, p_quiet);
-    first_slot := greatest(b.tat, t);
+    first_slot := greatest(b.tat, t + make_interval(secs => p_lead));
     ahead := extract(epoch FROM first_slot - t)::float8;
     n := least(p_wanted, ceil((p_horizon - ahead) * rate)::int);
     IF n < 1 THEN
@@ -86,6 +87,14 @@ BEGIN
     RETURN current;
 END
 $$;
+
+-- A campaign with its own rate_per_sec is sent by one instance at a time, which enforces the
+-- rate exactly at the wire; the lease runs out when its holder stops renewing it (sender.campaign_lease).
+CREATE TABLE sender_campaign_leases (
+    campaign_id  bigint PRIMARY KEY REFERENCES campaigns (id) ON DELETE CASCADE,
+    instance_id  text NOT NULL,
+    held_until   timestamptz NOT NULL
+);
 
 -- What each instance reports with its heartbeat: its send rate and the campaigns it is sending.
 ALTER TABLE sender_instances
