@@ -278,7 +278,9 @@ class CampaignRunner:
                 if not ctx.account.gate.is_open:
                     self.release_queued()  # the account stopped while we waited
                 continue
-            ctx.account_budget.reserve()
+            ctx.account_budget.room.reserve()
+            if self.window is not None:
+                self.window.room.reserve()
             self._delivery.start(row, email, self.window)
 
     async def _wait_for_room(self) -> None:
@@ -287,7 +289,9 @@ class CampaignRunner:
         ctx = self.ctx
         await ctx.inflight.acquire()
         try:
-            await ctx.account_budget.wait_room()
+            if self.window is not None:
+                await self.window.room.wait()
+            await ctx.account_budget.room.wait()
         except asyncio.CancelledError:
             ctx.inflight.release()
             raise

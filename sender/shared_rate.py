@@ -38,7 +38,7 @@ import asyncpg
 from sender.backoff import Backoff
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.logs import get_logger
-from sender.ratelimit import CampaignWindow
+from sender.ratelimit import CampaignWindow, WaitingRoom
 
 log = get_logger("sender.shared_rate")
 
@@ -46,7 +46,6 @@ LATE = 0.01  # an account token is spent at most 10 ms after its slot, or droppe
 GRANT_SECONDS = 0.1  # a grant covers ~100 ms of sending
 HORIZON = 0.5  # no slot is granted more than 0.5 s ahead (many instances queue behind each other)
 PREFETCH = 0.03  # ask for the next grant while the last slot is still this far ahead
-WAITING_SECONDS = 0.05  # requests kept waiting at the wire: about 50 ms of sending
 RECOVERY_PER_SECOND = 0.1  # of the rate, regained per second once throttling is quiet
 QUIET_SECONDS = 1.0
 
@@ -165,8 +164,7 @@ class SharedRate:
         self.effective = rate * (1 - margin)  # slots per second, after any throttling cut, as of the last grant
         self.counters = BudgetCounters()
         self.waiting = 0  # requests waiting for a slot at the wire
-        self.pending = 0  # requests dispatched to this budget that have not passed it yet
-        self._room = asyncio.Event()
+        self.room = WaitingRoom(lambda: self.effective)  # requests dispatched here, not yet past
         self._demand = demand
         self._slots: deque[float] = deque()
         self._waiters: deque[tuple[asyncio.Future[float], Callable[[], bool]]] = deque()  # FIFO, with "withdrawn?"
@@ -182,24 +180,6 @@ class SharedRate:
 
     def holding(self) -> int:
         return len(self._slots)
-
-    def room(self) -> bool:
-        """Whether the dispatcher may send another request towards this budget."""
-        return self.pending < max(2, math.ceil(self.effective * WAITING_SECONDS))
-
-    async def wait_room(self) -> None:
-        while not self.room():
-            self._room.clear()
-            await self._room.wait()
-
-    def reserve(self) -> None:
-        """The dispatcher sends a request this way (call right after `wait_room`)."""
-        self.pending += 1
-
-    def release(self) -> None:
-        """That request passed this budget, or will never reach it."""
-        self.pending -= 1
-        self._room.set()
 
     def _left(self) -> None:
         self.waiting -= 1
@@ -287,14 +267,14 @@ class SharedRate:
             return
         if self._slots and self._slots[-1] - now > max(PREFETCH, 2 * self._grant_time):
             return  # the next grant will be back before these run out
-        if self._slots and self._demand() + max(self.pending, self.waiting) <= len(self._slots):
+        if self._slots and self._demand() + max(self.room.pending, self.waiting) <= len(self._slots):
             return  # what we hold covers what we have ready
         self._fetch = asyncio.create_task(self._grant(), name=f"grant-{self.key}")
 
     async def _grant(self) -> None:
         try:
             wanted = max(1, min(math.ceil(self.rate * GRANT_SECONDS),
-                                self._demand() + max(self.pending, self.waiting) - len(self._slots)))
+                                self._demand() + max(self.room.pending, self.waiting) - len(self._slots)))
             asked = time.monotonic()
             lead = min(0.5, 0.75 * self._grant_time)  # the reply's way back, so no slot arrives stale
             row = await self.line.fetchrow(QUERIES["rate_grant"], self.key, self._slot_rate(), wanted, lead,
@@ -333,7 +313,7 @@ class WirePass:
     account: SharedRate
     window: CampaignWindow | None = None
     withdrawn: Callable[[], bool] = lambda: False
-    reserved: bool = False  # the dispatcher reserved room for it in the account's budget
+    reserved: bool = False  # the dispatcher reserved room for it (the account's, the campaign's)
 
     async def spend(self) -> None:
         while True:
@@ -350,7 +330,9 @@ class WirePass:
         """Give back the room the dispatcher reserved (once: after the first spend, or at the end)."""
         if self.reserved:
             self.reserved = False
-            self.account.release()
+            self.account.room.release()
+            if self.window is not None:
+                self.window.room.release()
 
     def _check(self) -> None:
         if self.withdrawn():

@@ -158,15 +158,15 @@ async def test_the_dispatcher_keeps_only_a_few_requests_waiting(pools: Pools) ->
     pool = await pools()
     account = SharedRate(pool, ACCOUNT, 100.0, demand=lambda: 0, margin=MARGIN)
     passes = []
-    while account.room():
-        account.reserve()
+    while account.room.has_room():
+        account.room.reserve()
         passes.append(WirePass(account, reserved=True))
     assert len(passes) == 5, "about 50 ms of sending at 98/s"
     await passes[0].spend()
-    assert account.room(), "a request that passed gives its room back"
+    assert account.room.has_room(), "a request that passed gives its room back"
     passes[1].release()
     passes[1].release()
-    assert account.pending == 3, "released once, whatever happens"
+    assert account.room.pending == 3, "released once, whatever happens"
 
 
 async def test_grants_never_look_ahead_past_the_horizon(db: asyncpg.Connection) -> None:
