@@ -23,6 +23,7 @@ QUICK = [
 
     ["bench.events", "--events", "100000", "--sqs-events", "10000"],
     ["bench.campaigns", "--big", "3000", "--small", "150x20", "--singles", "500", "--queued", "2000"],
+    ["bench.scaleout", "--seconds", "6"],
 ]
 FULL = [
     ["bench.throughput", "--messages", "20000", "--repeats", "3", "--profile"],
@@ -38,6 +39,7 @@ FULL = [
 
     ["bench.events", "--events", "1000000", "--sqs-events", "100000"],
     ["bench.campaigns"],
+    ["bench.scaleout", "--seconds", "15"],
 ]
 
 

@@ -54,10 +54,13 @@ async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextI
             return 1
         progress = [progress_from(row)]
         events = await deliverability_by_campaign(conn, [args.id])  # deliverability (issue 11)
+        senders = [i for i in await _instances(conn) if args.id in i["campaigns"]]
         if args.json:
-            out.write(json.dumps([{**asdict(p), **events.get(p.id, {})} for p in progress]) + "\n")
+            out.write(json.dumps([{**asdict(p), **events.get(p.id, {}), "instances": senders}
+                                  for p in progress]) + "\n")
         else:
-            out.write(_lines(progress, events) + f"\n({datetime.now().strftime('%H:%M:%S')})\n")
+            out.write(_lines(progress, events) + _senders_text(senders)
+                      + f"\n({datetime.now().strftime('%H:%M:%S')})\n")
         out.flush()
         if not args.watch or progress[0].status not in ("queued", "sending"):
             return 0
@@ -84,6 +87,7 @@ async def _overview(conn: asyncpg.Connection, args: argparse.Namespace, out: Tex
         active = [rows[i] for i in active_ids if i in rows]
         finished = [rows[i] for i in finished_ids if i in rows]
         summary = _summary(by_status)
+        summary["instances"] = await _instances(conn)
         if args.json:
             out.write(json.dumps({
                 "summary": summary,
@@ -98,6 +102,25 @@ async def _overview(conn: asyncpg.Connection, args: argparse.Namespace, out: Tex
         if not args.watch or summary["active"] == 0:
             return 0
         await asyncio.sleep(1.0)
+
+
+async def _instances(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Live instances (heartbeat younger than the default instance timeout) as their heartbeats report them."""
+    return [{"id": r["id"], "send_rate": round(float(r["send_rate"]), 2), "campaigns": list(r["campaigns"])}
+            for r in await conn.fetch(QUERIES["live_instances"], Settings().instance_timeout)]
+
+
+def _instances_text(instances: list[dict[str, Any]]) -> str:
+    total = sum(i["send_rate"] for i in instances)
+    each = "; ".join(f"{i['id']} {i['send_rate']:.1f}/s" + (f" (campaigns {', '.join(map(str, i['campaigns']))})"
+                                                            if i["campaigns"] else "") for i in instances)
+    return f"instances: {len(instances)} live, {total:.1f}/s together: {each}"
+
+
+def _senders_text(senders: list[dict[str, Any]]) -> str:
+    if not senders:
+        return ""
+    return "\n  sending from: " + ", ".join(f"{i['id']} ({i['send_rate']:.1f}/s)" for i in senders)
 
 
 def _summary(by_status: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -124,6 +147,8 @@ def _overview_text(summary: dict[str, Any], active: list[Progress], finished: li
     lines = [f"{summary['campaigns']} campaigns: {counts}",
              f"sending: {s['campaigns']} campaigns, {done}/{s['total']} done, sent={s['sent']} failed={s['failed']} "
              f"skipped={s['skipped']}, {summary['rate']:.1f}/s together"]
+    if summary["instances"]:
+        lines.append(_instances_text(summary["instances"]))
     if active:
         more = summary["active"] - len(active)
         lines.append(f"active ({len(active)} of {summary['active']}"

@@ -25,7 +25,7 @@ from sender.config import ConfigError, Settings
 from sender.db import DB_ERRORS, QUERIES, db_error_text
 from sender.db.health import DatabaseHealth
 from sender.db.migrate import check_schema
-from sender.db.pool import connection_budget, open_dedicated, open_pool
+from sender.db.pool import connection_budget, open_pool
 from sender.db.wakeups import Wakeups
 from sender.deliverability import Deliverability
 from sender.delivery import SendContext
@@ -181,8 +181,8 @@ class Daemon:
             buffer=ResultBuffer(self._pool, s.instance_id, size=s.flush_size, interval=s.flush_interval,
                                 metrics=self.metrics),
             account=self.account, rate=self.rate,
-            account_budget=SharedRate(GrantLine(lambda: open_dedicated(s), idle_seconds=s.db_idle_seconds), ACCOUNT,
-                                      self.rate.cap, demand=self._ready_rows, margin=s.rate_headroom),
+            account_budget=SharedRate(GrantLine(self._pool), ACCOUNT, self.rate.cap, demand=self._ready_rows,
+                                      margin=s.rate_headroom),
             concurrency=concurrency,
             inflight=asyncio.Semaphore(concurrency),
             retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
@@ -249,8 +249,6 @@ class Daemon:
                       note="rows stay claimed and are recovered after the instance timeout")
 
     async def _close_db(self) -> None:
-        if self._ctx is not None:
-            self._ctx.account_budget.line.close()
         await self.wakeups.close()
         await self.heartbeat.close()
         if self._pool is not None:

@@ -41,13 +41,14 @@ class WaitingRoom:
     """Requests dispatched towards a rate but not yet past it, kept to about WAITING_SECONDS of
     sending: a pause withdraws only those, and no herd wakes for every free slot."""
 
-    def __init__(self, rate: Callable[[], float]) -> None:
+    def __init__(self, rate: Callable[[], float], *, at_least: int = 2) -> None:
         self._rate = rate
+        self._at_least = at_least
         self.pending = 0
         self._changed = asyncio.Event()
 
     def has_room(self) -> bool:
-        return self.pending < max(2, math.ceil(self._rate() * WAITING_SECONDS))
+        return self.pending < max(self._at_least, math.ceil(self._rate() * WAITING_SECONDS))
 
     async def wait(self) -> None:
         while not self.has_room():
@@ -65,8 +66,9 @@ class WaitingRoom:
 
 
 class CampaignWindow:
-    """A campaign's rate_per_sec on the instance that holds its lease: at most floor(rate) sends in
-    any window of 1 s (plus the margin for arrival jitter); below 1/s, one per 1/rate seconds.
+    """A campaign's rate_per_sec on the instance that holds its lease: sends paced evenly at the rate
+    less the margin (each may go up to a quarter spacing early), and at most floor(rate) in any window
+    of 1 s (plus the margin for arrival jitter); below 1/s, one per 1/rate seconds.
 
     Checked at the wire after the account's slot is taken, on the time the request really goes
     out, so a busy event loop can delay sends but never bunch them over the rate.
@@ -75,11 +77,12 @@ class CampaignWindow:
     def __init__(self, rate: float, *, margin: float) -> None:
         self._margin = margin
         self._times: deque[float] = deque()
+        self._next = 0.0  # the even schedule: the next send is due then
         self.rate = rate
         self.limit = 1
         self.span = 1.0
         self.set_rate(rate)
-        self.room = WaitingRoom(lambda: self.rate)
+        self.room = WaitingRoom(lambda: self.rate, at_least=1)  # a slow campaign's rows stay fresh
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate = max(rate, 1e-3)
@@ -92,13 +95,18 @@ class CampaignWindow:
         """Seconds until one more send fits (0: now)."""
         while self._times and now - self._times[0] >= self.span:
             self._times.popleft()
+        paced = max(0.0, self._next - 0.25 * self._spacing() - now)
         if len(self._times) < self.limit:
-            return 0.0
-        return self._times[-self.limit] + self.span - now + 0.0005
+            return paced
+        return max(paced, self._times[-self.limit] + self.span - now + 0.0005)
 
     def try_admit(self) -> bool:
         now = time.monotonic()
         if self.free_in(now) > 0:
             return False
         self._times.append(now)
+        self._next = max(self._next, now) + self._spacing()
         return True
+
+    def _spacing(self) -> float:
+        return 1.0 / (self.rate * (1 - self._margin))

@@ -211,9 +211,11 @@ class SesClient:
         (sender.shared_rate.wire_gate)."""
 
         async def before_send(**_: Any) -> None:
-            await gate()
             deadline = _DEADLINE.get()
-            if deadline is not None:  # the call's time limit starts now, not while it waited for a slot
+            if deadline is not None:  # waiting for a rate slot is not SES failing to answer
+                deadline.reschedule(None)
+            await gate()
+            if deadline is not None:  # the call's time limit starts again on the wire
                 deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
 
         self._client.meta.events.register("before-send.sesv2.SendEmail", before_send)
@@ -221,7 +223,7 @@ class SesClient:
     async def send(self, email: OutgoingEmail) -> str:
         """One SendEmail call, limited to the send timeout once it is on the wire (the wait for a rate
         slot at the wire does not count: a slow grant is not SES failing to answer)."""
-        async with asyncio.timeout(None) as deadline:
+        async with asyncio.timeout(self._timeout) as deadline:
             token = _DEADLINE.set(deadline)
             try:
                 response = await self._client.send_email(**email.as_request())

@@ -89,56 +89,29 @@ def _ignore_outcome(call: asyncio.Future[object]) -> None:
 
 
 class GrantLine:
-    """A connection of its own for grants and throttling cuts.
+    """Grants and throttling cuts on the instance's pool, never hanging on a stuck connection.
 
-    Grants never wait behind claims and write-backs for a pooled connection (a late grant is lost
-    sending time); a connection stuck on a lost reply is terminated and replaced instead of
-    stalling every send; an idle one is closed after `idle_seconds`.
+    A reply lost on the way (seen behind a slow proxy: the server idle, the client still waiting,
+    asyncpg's own timeout waiting on the cancel) would stall every send of the instance; after 5 s
+    the connection is terminated instead, the pool replaces it, and the grant is retried.
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], *, idle_seconds: float = 60.0) -> None:
-        self._connect = connect
-        self._idle_seconds = idle_seconds
-        self._conn: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._last_used = 0.0
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
 
     async def fetchrow(self, query: str, *args: object) -> asyncpg.Record:
-        async with self._lock:
-            self._last_used = time.monotonic()
+        async with self.pool.acquire(timeout=5) as conn:
+            call = asyncio.ensure_future(conn.fetchrow(query, *args))
             try:
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncio.wait_for(self._connect(), 10)
-                    asyncio.get_running_loop().call_later(self._idle_seconds, self._close_if_idle)
-                conn = self._conn
-                assert conn is not None
-                call = asyncio.ensure_future(conn.fetchrow(query, *args))
-                try:
-                    done, _ = await asyncio.wait({call}, timeout=5)
-                finally:
-                    if not call.done():  # timed out or cancelled: never wait on a connection that hangs
-                        call.add_done_callback(_ignore_outcome)
-                        call.cancel()
-                if not done:
-                    raise TimeoutError("no answer to a grant within 5 s")
-                return call.result()
-            except BaseException:
-                self.close()
-                raise
-
-    def _close_if_idle(self) -> None:
-        if self._conn is None:
-            return
-        idle = time.monotonic() - self._last_used
-        if idle >= self._idle_seconds and not self._lock.locked():
-            self.close()
-        else:
-            asyncio.get_running_loop().call_later(max(1.0, self._idle_seconds - idle), self._close_if_idle)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
+                done, _ = await asyncio.wait({call}, timeout=5)
+            finally:
+                if not call.done():  # timed out or cancelled: never wait on a connection that hangs
+                    call.add_done_callback(_ignore_outcome)
+                    call.cancel()
+                    conn.terminate()
+            if not done:
+                raise TimeoutError("no answer to a grant within 5 s")
+            return call.result()
 
 
 class BudgetCounters:

@@ -116,9 +116,7 @@ async def open_dedicated(settings: Settings, *, dsn: str | None = None, direct: 
 def connection_budget(settings: Settings, *, heartbeat: int) -> dict[str, Any]:
     """Server connections one instance may hold at most (README "Sizing PostgreSQL")."""
     listener = 1 if listen_dsn(settings) else 0
-    grants = 1  # sender.shared_rate.GrantLine, open while sending
     return {"pool_min": settings.db_pool_min, "pool_max": settings.db_pool_size, "listener": listener,
-            "heartbeat": heartbeat, "grants": grants,
-            "max_connections": settings.db_pool_size + listener + heartbeat + grants,
+            "heartbeat": heartbeat, "max_connections": settings.db_pool_size + listener + heartbeat,
             "pooler": settings.db_pooler, "idle_close_seconds": settings.db_idle_seconds,
             "wakeups": "listen" if listener else "poll"}

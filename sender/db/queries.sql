@@ -64,6 +64,12 @@ SELECT db_now, start_in, granted, spacing, retry_in FROM sender_rate_grant($1, $
 -- A 429: cut budget $1 for every instance; returns the factor now in force.
 SELECT sender_rate_throttle($1, $2, $3)
 
+-- live_instances --
+-- Instances whose heartbeat is younger than $1 s, with the send rate and campaigns they reported.
+SELECT id, send_rate, campaigns FROM sender_instances
+ WHERE heartbeat_at > now() - make_interval(secs => $1)
+ ORDER BY id
+
 -- campaign_lease_take --
 -- Take or renew campaign $1's lease for instance $2 for $3 s; returns the holder (us, or the
 -- instance that still holds it).

@@ -75,7 +75,7 @@ def test_pool_options_follow_the_pooler_and_keep_the_dsns_application_name() -> 
 def test_budget_and_listen_target_per_topology() -> None:
     direct = Settings(database_url="postgresql://u@db/x")
     assert listen_dsn(direct) == "postgresql://u@db/x"
-    assert connection_budget(direct, heartbeat=1)["max_connections"] == 4 + 1 + 1 + 1
+    assert connection_budget(direct, heartbeat=1)["max_connections"] == 4 + 1 + 1
     bounced = direct.with_overrides(db_pooler="transaction", database_url="postgresql://u@bouncer/x")
     assert listen_dsn(bounced) is None and connection_budget(bounced, heartbeat=1)["wakeups"] == "poll"
     side = bounced.with_overrides(listen_database_url="postgresql://u@db/x")

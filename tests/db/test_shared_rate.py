@@ -1,7 +1,7 @@
 """The shared send budget (migration 0005, sender.shared_rate) against a real PostgreSQL.
 
-Several SharedRate objects on one key stand for several instances: each has its own connection,
-so the grants really race in the database.
+Several SharedRate objects on one key stand for several instances: each has its own pool, so the
+grants really race in the database.
 """
 
 from __future__ import annotations
@@ -36,17 +36,17 @@ Pools = Callable[[], Awaitable[GrantLine]]
 
 @pytest.fixture
 async def pools(db_url: str) -> AsyncIterator[Pools]:
-    """Grant lines of their own, one per simulated instance."""
-    opened: list[GrantLine] = []
+    """A pool of its own for each simulated instance."""
+    opened: list[asyncpg.Pool] = []
 
     async def line() -> GrantLine:
-        made = GrantLine(lambda: asyncpg.connect(db_url))
-        opened.append(made)
-        return made
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+        opened.append(pool)
+        return GrantLine(pool)
 
     yield line
-    for made in opened:
-        made.close()
+    for pool in opened:
+        await pool.close()
 
 
 async def _spend(budget: SharedRate, n: int) -> list[float]:

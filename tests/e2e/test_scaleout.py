@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import asyncpg
 from sender.config import Settings
 from sender.demo.fakeses import FakeSES
 from tests.helpers import add_campaign, add_contacts, add_template, recipient_counts, wait_for
-from tests.processes import start_daemon
+from tests.processes import sender_cli, start_daemon
 
 # Rows of a killed instance come back after 3 s without a heartbeat.
 FAST_TAKEOVER_ENV = {"SENDER_SEND_TIMEOUT": "2", "SENDER_HEARTBEAT_INTERVAL": "0.2",
@@ -87,6 +88,11 @@ async def test_three_instances_share_a_strict_cap_exactly(db: asyncpg.Connection
         await _queue(db, campaign)
         # the budget is shared, not held by one: every instance reports sends through its heartbeat
         await wait_for(lambda: _sending_instances(db, campaign, 3), timeout=60)
+        code, out, _ = await sender_cli(settings.database_url or "", "campaign", "status", "--json")
+        overview = json.loads(out)
+        assert code == 0 and {i["id"] for i in overview["summary"]["instances"]} == {"node-0", "node-1", "node-2"}
+        code, out, _ = await sender_cli(settings.database_url or "", "campaign", "status", str(campaign))
+        assert code == 0 and "sending from: node-" in out, out
         await wait_for(lambda: _sent(db, campaign), timeout=120)
         assert all(p.returncode is None for p in procs)
     assert await recipient_counts(db, campaign) == {"sent": 320}
