@@ -26,7 +26,16 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.common import conditions, fake_ses_process, fresh_schema, postgres, report, seed_campaign
+from bench.common import (
+    conditions,
+    fake_ses_process,
+    fresh_schema,
+    postgres,
+    report,
+    seed_campaign,
+    write_costs,
+    write_counters,
+)
 from sender.db import connect
 
 STEADY_MARGIN = 1.0  # seconds left out at each end
@@ -118,6 +127,7 @@ async def one(dsn: str, cap: float, count: int, seconds: float, *, kill: bool = 
             await wait_live(conn, count)
             await asyncio.sleep(0.1)
             commits0, grants0 = await db_counters(conn)
+            writes0 = await write_counters(conn)
             await conn.execute("SELECT pg_stat_clear_snapshot()")
             await conn.execute("UPDATE campaigns SET status = 'queued' WHERE id = $1", campaign)
             started = asyncio.get_running_loop().time()
@@ -132,6 +142,8 @@ async def one(dsn: str, cap: float, count: int, seconds: float, *, kill: bool = 
             elapsed = asyncio.get_running_loop().time() - started
             await conn.execute("SELECT pg_stat_clear_snapshot()")
             commits1, grants1 = await db_counters(conn)
+            await asyncio.sleep(1.5)  # table statistics reach the shared counters about once a second
+            writes = write_costs(writes0, await write_counters(conn), messages)
         times, throttled, distinct = await arrivals(fake.url)
         sent_rows = await conn.fetchval(
             "SELECT count(*) FROM campaign_recipients WHERE campaign_id = $1 AND status = 'sent'", campaign)
@@ -146,6 +158,8 @@ async def one(dsn: str, cap: float, count: int, seconds: float, *, kill: bool = 
         "grants_per_second_per_instance": round((grants1 - grants0) / elapsed / count, 2),
         "db_transactions_per_1000_sends": round((commits1 - commits0) / sends * 1000, 1),
         "seconds": round(elapsed, 2),
+        "row_versions_per_message": writes["row_updates_per_message"],
+        "wal_bytes_per_message": writes["wal_bytes_per_message"], "deadlocks": writes["deadlocks"],
     } | ({"rate_in_2s_after_kill": round(sum(1 for t in times if killed_at <= t < killed_at + 2) / 2, 2)}
          if kill else {})
 
@@ -154,7 +168,9 @@ def line(row: dict[str, Any]) -> str:
     return (f"# cap {row['cap']:g}/s, {row['instances']} instance(s): {row['aggregate_rate']}/s "
             f"({row['aggregate_over_cap']}), max window {row['max_in_any_1s_window']}, 429s {row['throttled']}, "
             f"grants/s/instance {row['grants_per_second_per_instance']}, "
-            f"txn/1000 sends {row['db_transactions_per_1000_sends']}")
+            f"txn/1000 sends {row['db_transactions_per_1000_sends']}, row versions/msg "
+            f"{row['row_versions_per_message']}, WAL B/msg {row['wal_bytes_per_message']}, "
+            f"deadlocks {row['deadlocks']}")
 
 
 async def main(args: argparse.Namespace) -> None:
