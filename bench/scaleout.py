@@ -37,6 +37,7 @@ from bench.common import (
     write_counters,
 )
 from sender.db import connect
+from sender.demo.fakeses import max_in_window
 
 STEADY_MARGIN = 1.0  # seconds left out at each end
 
@@ -89,15 +90,6 @@ async def arrivals(url: str) -> tuple[list[float], int, int]:
     times = sorted(m["received_at"] for m in data["messages"])
     throttled = sum(1 for x in data["rejections"] if x["code"] == "TooManyRequestsException")
     return times, throttled, len({m["to"][0] for m in data["messages"]})
-
-
-def max_in_window(times: list[float], seconds: float = 1.0) -> int:
-    best, first = 0, 0
-    for last, t in enumerate(times):
-        while t - times[first] >= seconds:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 def steady_rate(times: list[float]) -> float:
