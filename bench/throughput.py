@@ -23,10 +23,11 @@ import botocore.config
 
 from bench.common import conditions, fake_ses_process, fresh_schema, postgres, report, seed_campaign, use_uvloop
 from sender.config import Settings
-from sender.daemon import Daemon, tune_gc_for_throughput
+from sender.daemon import Daemon
 from sender.db import connect
 from sender.render import CampaignTemplates, Contact
 from sender.ses import OutgoingEmail, open_ses
+from sender.tuning import tune_gc_for_throughput
 
 
 async def bare_loop(url: str, messages: int, concurrency: int) -> dict[str, float]:

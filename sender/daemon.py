@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import math
 import time
 from typing import Any
 
@@ -22,7 +20,7 @@ from sender.account import Account, AccountGate
 from sender.backoff import Backoff
 from sender.campaigns import CampaignPlan
 from sender.config import ConfigError, Settings
-from sender.db import DB_ERRORS, QUERIES, db_error_text
+from sender.db import DB_ERRORS
 from sender.db.health import DatabaseHealth
 from sender.db.migrate import check_schema
 from sender.db.pool import connection_budget, open_pool
@@ -38,29 +36,14 @@ from sender.ratelimit import AccountRate
 from sender.runner import CampaignRunner
 from sender.ses import RetryPolicy, SendFailure, SesClient, open_ses
 from sender.shared_rate import ACCOUNT, BudgetCounters, GrantLine, SharedRate, wire_gate
+from sender.shutdown import drain_deliveries, hand_back
 from sender.supervisor import Supervisor
 from sender.systemd import SystemdNotifier
 from sender.tick import Materialiser, Tick
+from sender.tuning import default_concurrency, tune_gc_for_throughput
 from sender.writeback import ResultBuffer
 
 log = get_logger("sender.daemon")
-
-
-def tune_gc_for_throughput() -> None:
-    """Fewer, cheaper collections for an allocation-heavy I/O loop (botocore allocates a lot per call).
-
-    Start-up objects (modules, the SES service model) move to the permanent generation and the
-    young-generation threshold rises from 700 to 10,000: measured here, collections cost the
-    daemon ~250 µs per message with the defaults (bench/throughput.py, GC on vs off).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-
-
-def default_concurrency(cap: float) -> int:
-    """Enough in-flight calls to reach the cap at ~250 ms SES latency, within sane bounds."""
-    return max(8, min(256, math.ceil(cap * 0.25) + 8))
 
 
 class Daemon:
@@ -205,7 +188,7 @@ class Daemon:
         ctx, pool = self.ctx, self.pool
         for cid in list(self.runners):
             await self.stop_runner(cid, "shutdown")
-        await self._drain_deliveries(force)
+        await drain_deliveries(ctx.deliveries, grace=self.settings.grace_seconds, force=force)
         flushed = await ctx.buffer.flush(give_up_after=max(10.0, self.settings.grace_seconds))
         if not flushed:
             self.exit_code = 1
@@ -213,7 +196,7 @@ class Daemon:
                       note="the database did not answer within the stop timeout; these rows stay claimed and are "
                            "recovered after the instance timeout (sent ones may be sent again)")
         else:
-            await self._hand_back(pool)
+            await hand_back(pool, self.settings.instance_id)
         await self.supervisor.close()
         await self.heartbeat.close()
         if self.supervisor.fatal:
@@ -222,31 +205,6 @@ class Daemon:
         log.info("shutdown_complete", flushed=flushed, sent=self.metrics.total("sent"),
                  failed=self.metrics.total("failed"), exit_code=self.exit_code, grants=budget.grants,
                  tokens_granted=budget.granted, tokens_expired=budget.expired, refused=budget.refused)
-
-    async def _drain_deliveries(self, force: asyncio.Event | None) -> None:
-        tasks = set(self.ctx.deliveries)
-        if not tasks:
-            return
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
-        if force is not None:
-            waiters.add(asyncio.ensure_future(force.wait()))
-        await asyncio.wait(waiters, timeout=self.settings.grace_seconds, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _hand_back(self, pool: asyncpg.Pool) -> None:
-        try:
-            async with pool.acquire() as conn:
-                released = await conn.fetch(QUERIES["release_held"], self.settings.instance_id, timeout=10)
-                await conn.execute(QUERIES["instance_forget"], self.settings.instance_id, timeout=10)
-            if released:
-                log.info("released_held_rows", rows=len(released))
-        except DB_ERRORS as exc:
-            log.error("shutdown_release_failed", error=db_error_text(exc),
-                      note="rows stay claimed and are recovered after the instance timeout")
 
     async def _close_db(self) -> None:
         await self.wakeups.close()
