@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from sender.campaigns import CampaignProblem, TransitionRefused, apply_action, load_plan
+from sender.cli_errors import bad_option
 from sender.config import Settings
 from sender.db import QUERIES, connect
 from sender.guard import deliverability_by_campaign, format_deliverability
@@ -31,8 +32,7 @@ async def campaign_command(settings: Settings, args: argparse.Namespace, out: Te
             return await _status(conn, args, out)
         rate = getattr(args, "rate", None)
         if rate is not None and rate <= 0:
-            print("sender: --rate must be a positive number", file=sys.stderr)
-            return 2
+            return bad_option("--rate", "must be a positive number")
         try:
             new_status = await apply_action(conn, args.id, args.action, rate)
         except TransitionRefused as exc:
@@ -170,8 +170,7 @@ async def send_test(settings: Settings, args: argparse.Namespace, out: TextIO = 
     try:
         to = normalise_address(args.to)
     except AddressError as exc:
-        print(f"sender: --to: {exc}", file=sys.stderr)
-        return 2
+        return bad_option("--to", exc)
     conn = await connect(settings.require_database())
     try:
         try:

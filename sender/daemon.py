@@ -294,10 +294,15 @@ class Daemon:
         log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.rate, 3))
 
     async def stop_runner(self, campaign_id: int, mode: str) -> None:
-        runner = self.runners.pop(campaign_id, None)
+        """Stop the runner and drop the campaign's metric series; it leaves `runners` only then (what
+        it settled while stopping is counted first), and its lease, if any, is given up last."""
+        runner = self.runners.get(campaign_id)
         if runner is not None:
             await runner.stop(mode)
         self.metrics.forget_campaign(campaign_id)
+        if runner is not None and self.runners.get(campaign_id) is runner:
+            del self.runners[campaign_id]
+            await runner.release_lease()
 
     def _budget_counters(self) -> dict[str, BudgetCounters]:
         if self._ctx is None:

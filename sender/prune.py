@@ -12,6 +12,7 @@ from typing import TextIO
 
 import asyncpg
 
+from sender.cli_errors import bad_option
 from sender.config import Settings
 from sender.db import QUERIES, connect
 
@@ -77,11 +78,9 @@ async def prune_command(settings: Settings, args: argparse.Namespace, out: TextI
     try:
         age = parse_age(args.finished_before)
     except AgeError as exc:
-        print(f"sender: --finished-before: {exc}", file=sys.stderr)
-        return 2
+        return bad_option("--finished-before", exc)
     if args.chunk < 1:
-        print("sender: --chunk must be a positive whole number", file=sys.stderr)
-        return 2
+        return bad_option("--chunk", "must be a positive whole number")
     conn = await connect(settings.require_database())
     try:
         done = await prune(conn, age, dry_run=args.dry_run, chunk=args.chunk, out=out)

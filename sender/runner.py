@@ -122,6 +122,9 @@ class CampaignRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.release_queued(cancelled=mode == "cancel")
+
+    async def release_lease(self) -> None:
+        """After stopping: let another instance take the campaign at once (else it runs out in 3 s)."""
         if self.lease is not None:
             try:
                 await self.lease.release()

@@ -44,7 +44,7 @@ async def test_campaign_lifecycle_commands(db: asyncpg.Connection, settings: Set
     code, _ = await run(settings, "campaign", "pause", "424242")
     assert code == 1 and "campaign 424242 does not exist" in capsys.readouterr().err
     code, _ = await run(settings, "campaign", "send", str(campaign), "--rate", "0")
-    assert code == 2 and "--rate must be a positive number" in capsys.readouterr().err
+    assert code == 2 and "sender: --rate: must be a positive number" in capsys.readouterr().err
 
 
 async def test_status_shows_counts_rate_and_watch_ends_when_sent(db: asyncpg.Connection, settings: Settings,
