@@ -31,6 +31,8 @@ from sender.ratelimit import CampaignWindow
 
 log = get_logger("sender.runner")
 
+EXHAUSTED_POLLS = 10  # poll intervals an exhausted campaign waits before looking again by itself
+
 
 class CampaignRunner:
     """Sends one campaign from this instance until it is stopped."""
@@ -50,7 +52,8 @@ class CampaignRunner:
         self._has_rows = asyncio.Event()
         self._wants_rows = asyncio.Event()
         self._wants_rows.set()
-        self._check_due = True  # claim rows that came back, when the tick says some are due
+        self._check_due = False  # claim rows that came back, when the tick says some are due
+        self._sweep = False  # the next fresh claim also looks behind the cursor (see _claim_rows)
         self._tasks: list[asyncio.Task[None]] = []
         self._in_hand: Claimed | None = None  # popped by the dispatcher, waiting for a rate slot
         self.set_rate(rate)
@@ -188,11 +191,13 @@ class CampaignRunner:
             elif rows:
                 self._has_rows.set()
             else:
+                # nothing left to claim: rows come back through the tick (retries_due), so wait for
+                # that; look again now and then for rows the main app added, or ones behind the cursor
                 self._wants_rows.clear()
                 try:
-                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval)
+                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval * EXHAUSTED_POLLS)
                 except TimeoutError:
-                    pass
+                    self._check_due = self._sweep = True
 
     async def _claim(self, n: int) -> list[Claimed]:
         """Claim up to n rows. A pause or shutdown cannot cut a claim off halfway: the claim finishes
@@ -219,15 +224,14 @@ class CampaignRunner:
             if len(records) < n:
                 fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, self.cursor,
                                          n - len(records), me, lease, timeout=30)
-                if not fresh and self.cursor > 0:
+                if not fresh and self.cursor > 0 and (self._sweep or self.ctx.rate.instances > 1):
                     # rows another instance skipped past may sit behind our bound: one pass from 0
                     self.cursor = 0
                     fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, 0,
                                              n - len(records), me, lease, timeout=30)
+                self._sweep = False
                 if fresh:
                     self.cursor = fresh[-1]["id"]
-                else:
-                    self._check_due = True  # nothing fresh left: look for due rows every time
                 records.extend(fresh)
         rows = [Claimed.from_record(r) for r in records]
         for row in rows:

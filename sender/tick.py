@@ -165,6 +165,8 @@ class Tick:
         for cid in new:
             if cid in plans:
                 d.start_runner(plans[cid], d.rate.campaign_rate(sending[cid]))
+                if cid in retries_due:  # rows came back while no runner held the campaign (a pause, a restart)
+                    d.runners[cid].retries_due()
 
     async def _stop_gone(self, sending: set[int]) -> None:
         gone = [cid for cid in self.d.runners if cid not in sending]
