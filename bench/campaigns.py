@@ -186,6 +186,11 @@ async def latency(dsn: str, fake: Any, args: argparse.Namespace) -> dict[str, An
     settings = Settings(database_url=dsn, endpoint_url=fake.url, from_email="news@bench.example.com", http_port=0)
     [big], _ = await seed(conn, 1, args.big, rules=True, status="draft")
     singles, _ = await seed(conn, args.latency_runs * 2, 1, status="draft")
+    # the big campaign targets only its own contacts, so no single's address is also one of its own
+    await conn.execute("UPDATE contacts SET country = 'CA' WHERE id IN (SELECT contact_id FROM campaign_recipients "
+                       "WHERE campaign_id = ANY($1::bigint[]))", singles)
+    await conn.execute("UPDATE campaigns SET target_rules = $2 WHERE id = $1", big,
+                       {"field": "country", "op": "eq", "value": "US"})
     stop = asyncio.Event()
     task = asyncio.create_task(Daemon(settings, tune_gc=True).run(stop))
     await asyncio.sleep(2.0)

@@ -45,24 +45,36 @@ class WaitingRoom:
         self._rate = rate
         self._at_least = at_least
         self.pending = 0
-        self._changed = asyncio.Event()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def has_room(self) -> bool:
         return self.pending < max(self._at_least, math.ceil(self._rate() * WAITING_SECONDS))
 
-    async def wait(self) -> None:
-        while not self.has_room():
-            self._changed.clear()
-            await self._changed.wait()
-
-    def reserve(self) -> None:
-        """The dispatcher sends a request this way (right after `wait`)."""
-        self.pending += 1
+    async def acquire(self) -> None:
+        """A place for one more request, given in arrival order: a busy campaign's dispatcher cannot
+        take every place that frees while a small campaign's waits."""
+        if self.has_room() and not self._waiters:
+            self.pending += 1
+            return
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(place)
+        try:
+            await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():
+                self.release()  # it was given to us just as we were cancelled: pass it on
+            else:
+                self._waiters.remove(place)
+            raise
 
     def release(self) -> None:
-        """That request passed, or will never get here."""
+        """That request passed, or will never get here: its place goes to the longest waiter."""
         self.pending -= 1
-        self._changed.set()
+        while self._waiters and self.has_room():
+            place = self._waiters.popleft()
+            if not place.done():
+                self.pending += 1
+                place.set_result(None)
 
 
 class CampaignWindow:

@@ -54,6 +54,7 @@ class CampaignRunner:
         self._wants_rows.set()
         self._check_due = False  # claim rows that came back, when the tick says some are due
         self._sweep = False  # the next fresh claim also looks behind the cursor (see _claim_rows)
+        self.materialised = False  # all recipients exist (the tick says so): nothing new will appear
         self._tasks: list[asyncio.Task[None]] = []
         self._in_hand: Claimed | None = None  # popped by the dispatcher, waiting for a rate slot
         self.set_rate(rate)
@@ -93,6 +94,12 @@ class CampaignRunner:
     def _withdrawn(self) -> bool:
         """Requests waiting at the wire go back unsent: the campaign stopped, or its lease was lost."""
         return self.stopping is not None or (self.lease is not None and not self.lease.held())
+
+    def set_materialised(self, done: bool) -> None:
+        """The tick's view of the campaign; when materialisation has just finished, look at once."""
+        if done and not self.materialised:
+            self._wants_rows.set()
+        self.materialised = done
 
     def retries_due(self) -> None:
         """The tick saw rows of this campaign due for another attempt."""
@@ -195,7 +202,8 @@ class CampaignRunner:
                 # that; look again now and then for rows the main app added, or ones behind the cursor
                 self._wants_rows.clear()
                 try:
-                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval * EXHAUSTED_POLLS)
+                    polls = EXHAUSTED_POLLS if self.materialised else 1  # chunks are still arriving
+                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval * polls)
                 except TimeoutError:
                     self._check_due = self._sweep = True
 
@@ -280,14 +288,11 @@ class CampaignRunner:
             finally:
                 self._in_hand = None
             if not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at):
-                ctx.inflight.release()
+                self._leave_rooms()
                 self.queue.appendleft(row)
                 if not ctx.account.gate.is_open:
                     self.release_queued()  # the account stopped while we waited
                 continue
-            ctx.account_budget.room.reserve()
-            if self.window is not None:
-                self.window.room.reserve()
             self._delivery.start(row, email, self.window)
 
     async def _wait_for_room(self) -> None:
@@ -295,10 +300,23 @@ class CampaignRunner:
         (so a pause withdraws only those); on cancel, nothing is held."""
         ctx = self.ctx
         await ctx.inflight.acquire()
+        window_room = self.window.room if self.window is not None else None
         try:
-            if self.window is not None:
-                await self.window.room.wait()
-            await ctx.account_budget.room.wait()
+            if window_room is not None:
+                await window_room.acquire()
+            try:
+                await ctx.account_budget.room.acquire()
+            except asyncio.CancelledError:
+                if window_room is not None:
+                    window_room.release()
+                raise
         except asyncio.CancelledError:
             ctx.inflight.release()
             raise
+
+    def _leave_rooms(self) -> None:
+        """Dispatch called off after _wait_for_room: give back what it took."""
+        self.ctx.inflight.release()
+        self.ctx.account_budget.room.release()
+        if self.window is not None:
+            self.window.room.release()

@@ -134,6 +134,7 @@ class Tick:
     async def _sync_runners(self, rows: list[dict[str, Any]]) -> None:
         d = self.d
         sending = {r["id"]: r["rate_per_sec"] for r in rows}
+        materialised = {r["id"] for r in rows if r["materialised"]}
         self._report_progress(rows)
         await self._stop_gone(set(sending))
         retries_due = {r["id"] for r in rows if r["retries_due"]}
@@ -148,6 +149,7 @@ class Tick:
                 runner = None
             if runner is not None:
                 runner.set_rate(d.rate.campaign_rate(rate))
+                runner.set_materialised(cid in materialised)
                 if cid in retries_due:
                     runner.retries_due()
             elif cid not in d.failed_campaigns:
@@ -165,6 +167,7 @@ class Tick:
         for cid in new:
             if cid in plans:
                 d.start_runner(plans[cid], d.rate.campaign_rate(sending[cid]))
+                d.runners[cid].set_materialised(cid in materialised)
                 if cid in retries_due:  # rows came back while no runner held the campaign (a pause, a restart)
                     d.runners[cid].retries_due()
 

@@ -159,7 +159,7 @@ async def test_the_dispatcher_keeps_only_a_few_requests_waiting(pools: Pools) ->
     account = SharedRate(pool, ACCOUNT, 100.0, demand=lambda: 0, margin=MARGIN)
     passes = []
     while account.room.has_room():
-        account.room.reserve()
+        await account.room.acquire()
         passes.append(WirePass(account, reserved=True))
     assert len(passes) == 5, "about 50 ms of sending at 98/s"
     await passes[0].spend()
@@ -167,6 +167,16 @@ async def test_the_dispatcher_keeps_only_a_few_requests_waiting(pools: Pools) ->
     passes[1].release()
     passes[1].release()
     assert account.room.pending == 3, "released once, whatever happens"
+    while account.room.has_room():
+        await account.room.acquire()
+    late = asyncio.create_task(account.room.acquire())
+    later = asyncio.create_task(account.room.acquire())
+    await asyncio.sleep(0)
+    assert not late.done() and not later.done()
+    passes[2].release()
+    await late
+    assert not later.done(), "a freed place goes to the longest waiter, not to whoever asks next"
+    later.cancel()
 
 
 async def test_grants_never_look_ahead_past_the_horizon(db: asyncpg.Connection) -> None:
