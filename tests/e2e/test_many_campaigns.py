@@ -14,7 +14,7 @@ from sender.config import Settings
 from sender.daemon import Daemon
 from sender.demo.fakeses import FakeSES
 from sender.metrics import CAMPAIGN_SERIES_LIMIT
-from tests.helpers import add_contacts, add_template, running_daemon, wait_for
+from tests.helpers import add_contacts, add_template, max_in_window, running_daemon, wait_for
 
 _CAMPAIGN_LABEL = re.compile(r'campaign_id="(\d+)"')
 
@@ -136,3 +136,44 @@ def _gauge(text: str, sample: str) -> float:
     return float(found.group(1))
 
 
+
+
+async def test_a_big_campaign_and_a_hundred_small_ones_share_the_cap_and_none_is_starved(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    """The fairness rule: campaigns take account slots in turn. Small campaigns queued while a big one
+    sends at the cap all finish while the big one is still sending; a rated one keeps its rate."""
+    fake_ses.account.max_send_rate = 50.0
+    await add_contacts(db, 406)
+    template = await add_template(db)
+    # the big one mails user0..user299 (country US); the small and rated ones have the others
+    await db.execute("UPDATE contacts SET country = 'CA' WHERE email ~ '^user(3[0-9][0-9]|40[0-5])@'")
+    big = int(await db.fetchval(
+        "INSERT INTO campaigns (name, template_id, target_rules, status) VALUES ('big', $1, $2, 'queued') "
+        "RETURNING id", template, {"field": "country", "op": "eq", "value": "US"}))
+    rated_addresses = {f"user{i}@example.org" for i in range(400, 406)}
+    async with running_daemon(settings):
+        await wait_for(lambda: _received_at_least(fake_ses, 20), timeout=60)
+        small = await _one_recipient_campaigns(db, 100, template, start=300)
+        rated = int(await db.fetchval(
+            "INSERT INTO campaigns (name, template_id, status, rate_per_sec) VALUES ('rated', $1, 'draft', 2) "
+            "RETURNING id", template))
+        await db.execute("INSERT INTO campaign_recipients (campaign_id, contact_id, email) "
+                         "SELECT $1, id, email FROM contacts WHERE email = ANY($2::text[])", rated,
+                         sorted(rated_addresses))
+        await db.execute("UPDATE campaigns SET status = 'queued' WHERE id = $1", rated)
+        await wait_for(lambda: _all_in(db, small, "sent"), timeout=60)
+        big_status = await db.fetchval("SELECT status FROM campaigns WHERE id = $1", big)
+        await wait_for(lambda: _all_in(db, [big, rated], "sent"), timeout=120)
+    assert big_status == "sending", "the small ones finished while the big one was still sending"
+    assert fake_ses.max_in_any_window() <= 50 and fake_ses.throttled_count() == 0
+    rated_times = sorted(m.received_at for m in fake_ses.messages if m.to[0] in rated_addresses)
+    assert len(rated_times) == 6 and max_in_window(rated_times) <= 2, "the rated campaign kept its 2/s"
+    _once_each(fake_ses, {f"user{i}@example.org" for i in range(406)})
+
+
+async def _received_at_least(fake: FakeSES, n: int) -> bool:
+    return len(fake.messages) >= n
+
+
+async def _all_in(db: asyncpg.Connection, ids: list[int], status: str) -> bool:
+    return await _count_in(db, ids, status) == len(ids)
