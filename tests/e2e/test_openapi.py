@@ -185,3 +185,32 @@ async def test_malformed_campaign_ids_get_a_documented_400(admin_daemon: Daemon)
                                         headers={"Authorization": f"Bearer {TOKEN}"}) as response:
                     assert response.status == 400, f"{method} {path}"
                     assert "whole number" in (await response.json())["error"]
+
+
+async def test_schemathesis_on_the_public_listener_finds_no_server_error_and_no_undocumented_response(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES, tmp_path: Path) -> None:
+    """The unsubscribe page and the SNS endpoint, fuzzed like the admin API: tokens and SNS envelopes
+    that are garbage, forged or well-formed get documented answers, never a 5xx."""
+    public_settings = settings.with_overrides(
+        public_http_port=0, unsubscribe_secret="fuzz-secret", public_base_url="http://127.0.0.1",
+        sns_topic_arns=("arn:aws:sns:us-east-1:123456789012:ses-events",))
+    async with running_daemon(public_settings) as daemon:
+        await wait_for(lambda: _ready(daemon))
+        assert daemon.deliverability is not None and daemon.deliverability.public is not None
+        public = daemon.deliverability.public.port
+        proc = await asyncio.create_subprocess_exec(
+            str(SCHEMATHESIS), "run", f"http://127.0.0.1:{daemon.ops.port}/openapi.json",
+            "--url", f"http://127.0.0.1:{public}", "--include-tag", "public",
+            # a token or an SNS envelope can match the schema and still be forged: refusing it is the point;
+            # the SNS endpoint's answer to some malformed envelopes is not pinned down yet (closing note)
+            "--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection",
+            "--phases", "examples,coverage,fuzzing", "--max-examples", "25",
+            "--workers", "2", "--generation-database", "none", "--request-timeout", "10", "--no-color",
+            "--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
+        output, _ = await asyncio.wait_for(proc.communicate(), 300)
+    text = output.decode(errors="replace")
+    print(text)
+    assert proc.returncode == 0, text[-6000:]
+    tested = set(re.findall(r'<testcase name="([A-Z]+ [^"]+)"', (tmp_path / "junit.xml").read_text()))
+    assert tested >= {"GET /u/{token}", "POST /u/{token}", "POST /ses/events"}, text[-3000:]
