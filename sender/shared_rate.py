@@ -2,9 +2,9 @@
 
 A budget is one GCRA row (migration 0005). An instance asks for a grant of consecutive slots,
 about GRANT_SECONDS of sending or what it has ready if less, and spends each token at the wire
-(the SES client's before-send hook, after the request is built and signed) within `late` seconds
+(the SES client's before-send hook, after the request is built and signed) within LATE seconds
 of its slot, or drops it. The slots of all instances together are 1/rate apart, so no one-second
-window can see more than rate * (1 + late) sends; the margin (SENDER_RATE_HEADROOM) keeps that
+window can see more than rate * (1 + LATE) sends; the margin (SENDER_RATE_HEADROOM) keeps that
 under the cap, arrival jitter included. Idle instances ask for nothing; the instance holding a
 campaign's tail takes the whole cap; a stalled instance's tokens expire instead of bunching; a
 dead instance's are never reused.
@@ -127,13 +127,11 @@ class BudgetCounters:
 class SharedRate:
     """One shared budget as this instance sees it: a local queue of granted slots."""
 
-    def __init__(self, line: GrantLine, key: str, rate: float, *, demand: Callable[[], int], margin: float,
-                 late: float = LATE) -> None:
+    def __init__(self, line: GrantLine, key: str, rate: float, *, demand: Callable[[], int], margin: float) -> None:
         self.line = line
         self.key = key
         self.rate = rate
         self.margin = margin
-        self.late = late
         self.effective = rate * (1 - margin)  # slots per second, after any throttling cut, as of the last grant
         self.counters = BudgetCounters()
         self.waiting = 0  # requests waiting for a slot at the wire
@@ -196,7 +194,7 @@ class SharedRate:
 
     def give_back(self, slot: float) -> None:
         """A slot taken but not spent: the next request may still use it."""
-        if slot + self.late >= time.monotonic():
+        if slot + LATE >= time.monotonic():
             self._slots.appendleft(slot)
 
     async def _next_slot(self, check: Callable[[], None]) -> float:
@@ -231,7 +229,7 @@ class SharedRate:
         return self.rate * (1 - self.margin)
 
     def _drop_expired(self, now: float) -> None:
-        while self._slots and self._slots[0] + self.late < now:
+        while self._slots and self._slots[0] + LATE < now:
             self._slots.popleft()
             self.counters.expired += 1
 
