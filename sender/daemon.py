@@ -19,6 +19,7 @@ import asyncpg
 from sender.account import Account, AccountGate
 from sender.backoff import Backoff
 from sender.campaigns import CampaignPlan
+from sender.claims import Claims
 from sender.config import ConfigError, Settings
 from sender.db import DB_ERRORS
 from sender.db.health import DatabaseHealth
@@ -171,12 +172,14 @@ class Daemon:
             retry=RetryPolicy(max_attempts=s.max_attempts, base_seconds=s.retry_base_seconds,
                               cap_seconds=s.retry_max_seconds),
             metrics=self.metrics, heartbeat=self.heartbeat, on_campaign_error=self._campaign_error,
+            claims=Claims(self._pool, s, self.held_ids),
         )
 
     def _start_tasks(self, ses: SesClient) -> None:
         sup, stop, ctx, pool = self.supervisor, self._stop, self.ctx, self.pool
         sup.start("heartbeat", lambda: self.heartbeat.run(stop))
         sup.start("write-back", ctx.buffer.run)
+        sup.start("claims", ctx.claims.run)
         sup.start("tick", lambda: self.tick.loop(self._stop, self._wake))
         sup.start("materialiser", lambda: self.materialiser.run(stop))
         sup.start("probe", lambda: self.account.probe_loop(ses, pool, stop))
@@ -188,6 +191,7 @@ class Daemon:
         ctx, pool = self.ctx, self.pool
         for cid in list(self.runners):
             await self.stop_runner(cid, "shutdown")
+        await ctx.claims.idle(within=35)  # a claim still running delivers to stopped runners: rows go back
         await drain_deliveries(ctx.deliveries, grace=self.settings.grace_seconds, force=force)
         flushed = await ctx.buffer.flush(give_up_after=max(10.0, self.settings.grace_seconds))
         if not flushed:
@@ -288,8 +292,9 @@ class Daemon:
         return held
 
     def start_runner(self, plan: CampaignPlan, rate: float | None) -> None:
-        runner = CampaignRunner(plan, self.ctx, rate, self.held_ids)
+        runner = CampaignRunner(plan, self.ctx, rate)
         self.runners[plan.id] = runner
+        self.ctx.campaigns_sending = len(self.runners)
         runner.start()
         log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.rate, 3))
 
@@ -302,6 +307,7 @@ class Daemon:
         self.metrics.forget_campaign(campaign_id)
         if runner is not None and self.runners.get(campaign_id) is runner:
             del self.runners[campaign_id]
+            self.ctx.campaigns_sending = len(self.runners)
             await runner.release_lease()
 
     def _budget_counters(self) -> dict[str, BudgetCounters]:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from sender.account import Account
+from sender.claims import Claims
 from sender.config import Settings
 from sender.heartbeat import Heartbeat
 from sender.logs import get_logger
@@ -45,9 +46,10 @@ class SendContext:
     retry: RetryPolicy
     metrics: Metrics
     heartbeat: Heartbeat
+    claims: Claims
     on_campaign_error: Callable[[int, SendFailure], None]
     deliveries: dict[asyncio.Task[None], int] = field(default_factory=dict)  # task -> recipient id
-    claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    campaigns_sending: int = 0  # runners on this instance: each campaign claims about its share
     sent_count: int = 0  # sends accepted by SES on this instance, for the rate the heartbeat reports
 
     def finish(self, campaign_id: int, outcome: Outcome) -> None:

@@ -32,6 +32,7 @@ class Claimed:
     contact_status: str | None
     contact_deleted: bool = False
     suppressed: bool = False
+    fresh: bool = True  # never tried before this claim (the claimer's keyset bound moves past these only)
     claimed_at: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -41,7 +42,7 @@ class Claimed:
             contact=Contact(email=r["email"], first_name=r["first_name"], last_name=r["last_name"],
                             country=r["country"], attributes=r["attributes"]),
             contact_status=r["contact_status"], contact_deleted=bool(r["contact_deleted"]),
-            suppressed=bool(r["suppressed"]),
+            suppressed=bool(r["suppressed"]), fresh=bool(r["fresh"]),
         )
 
 

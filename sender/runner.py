@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
-from collections.abc import Callable
-
-import asyncpg
 
 from sender.backoff import Backoff
 from sender.campaign_lease import RENEW_AFTER, CampaignLease
 from sender.campaigns import CampaignPlan
-from sender.db import DB_ERRORS, QUERIES, db_error_text
+from sender.db import DB_ERRORS, db_error_text
 from sender.delivery import Delivery, SendContext
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome, prepare
@@ -37,8 +33,7 @@ EXHAUSTED_POLLS = 10  # poll intervals an exhausted campaign waits before lookin
 class CampaignRunner:
     """Sends one campaign from this instance until it is stopped."""
 
-    def __init__(self, plan: CampaignPlan, ctx: SendContext, rate: float | None,
-                 held_ids: Callable[[], set[int]]) -> None:
+    def __init__(self, plan: CampaignPlan, ctx: SendContext, rate: float | None) -> None:
         self.plan = plan
         self.ctx = ctx
         self.window: CampaignWindow | None = None  # the campaign's own rate, when it has one
@@ -47,13 +42,14 @@ class CampaignRunner:
         self.queue: deque[Claimed] = deque()
         self.cursor = 0
         self.stopping: str | None = None
-        self._held_ids = held_ids
         self._delivery = Delivery(ctx, plan.id, self._withdrawn)
         self._has_rows = asyncio.Event()
         self._wants_rows = asyncio.Event()
         self._wants_rows.set()
         self._check_due = False  # claim rows that came back, when the tick says some are due
-        self._sweep = False  # the next fresh claim also looks behind the cursor (see _claim_rows)
+        self._sweep = False  # the next fresh claim also looks behind the cursor (see _claim)
+        self._exhausted = False  # the last claim found all there was: wait for news from the tick
+        self._news = asyncio.Event()  # the tick's news: rows due again, materialisation finished
         self.materialised = False  # all recipients exist (the tick says so): nothing new will appear
         self._tasks: list[asyncio.Task[None]] = []
         self._in_hand: Claimed | None = None  # popped by the dispatcher, waiting for a rate slot
@@ -76,8 +72,10 @@ class CampaignRunner:
 
     @property
     def batch_size(self) -> int:
-        """About two seconds of sending: short enough that contact status read at claim time is fresh."""
-        return max(1, min(self.ctx.settings.claim_batch, math.ceil(self.rate * 2)))
+        """About two seconds of this campaign's share of sending (its rate, or an equal share of the
+        cap): short enough that contact status read at claim time is fresh however many campaigns send."""
+        share = min(self.rate, self.ctx.rate.cap / max(1, self.ctx.campaigns_sending))
+        return max(1, min(self.ctx.settings.claim_batch, math.ceil(share * 2)))
 
     def set_rate(self, rate: float | None) -> None:
         """The campaign's own rate (None: none, it shares the account's cap)."""
@@ -98,13 +96,13 @@ class CampaignRunner:
     def set_materialised(self, done: bool) -> None:
         """The tick's view of the campaign; when materialisation has just finished, look at once."""
         if done and not self.materialised:
-            self._wants_rows.set()
+            self._news.set()
         self.materialised = done
 
     def retries_due(self) -> None:
         """The tick saw rows of this campaign due for another attempt."""
         self._check_due = True
-        self._wants_rows.set()
+        self._news.set()
 
     def start(self) -> None:
         self._tasks = [
@@ -176,86 +174,70 @@ class CampaignRunner:
     # -- claiming ----------------------------------------------------------------------------
 
     async def _claimer(self) -> None:
+        """Keep the queue about `batch_size` long; once the campaign has nothing left to claim, wait
+        for the tick (retries due, materialisation done) or, now and then, look again by itself."""
         backoff = Backoff(initial=0.1, cap=1.0)
         while True:
             await self.ctx.account.gate.wait_open()
             await self._lease_ok.wait()
-            if len(self.queue) >= self.batch_size // 2 + 1:
+            if self._exhausted:
+                try:
+                    # chunks are still arriving while it materialises: look every poll interval
+                    polls = EXHAUSTED_POLLS if self.materialised else 1
+                    await asyncio.wait_for(self._news.wait(), self.ctx.settings.poll_interval * polls)
+                except TimeoutError:
+                    self._check_due = self._sweep = True  # rows the main app added, or ones behind the cursor
+                self._exhausted = False
+                continue
+            if len(self.queue) >= self.batch_size:
                 self._wants_rows.clear()
                 await self._wants_rows.wait()
                 continue
             try:
-                rows = await self._claim(self.batch_size - len(self.queue))
+                asked, claimed = await self._claim()
             except DB_ERRORS as exc:
-                log.warning("claim_failed", campaign_id=self.plan.id, error=db_error_text(exc))
-                await self._release_unknown()
+                log.debug("claim_failed", campaign_id=self.plan.id, error=db_error_text(exc))  # logged once by Claims
                 await backoff.wait()
                 continue
             backoff.reset()
-            self.queue.extend(rows)
-            if not self.ctx.account.gate.is_open:
-                self.release_queued()  # the account stopped while we claimed: hand them straight back
-            elif rows:
-                self._has_rows.set()
-            else:
-                # nothing left to claim: rows come back through the tick (retries_due), so wait for
-                # that; look again now and then for rows the main app added, or ones behind the cursor
-                self._wants_rows.clear()
-                try:
-                    polls = EXHAUSTED_POLLS if self.materialised else 1  # chunks are still arriving
-                    await asyncio.wait_for(self._wants_rows.wait(), self.ctx.settings.poll_interval * polls)
-                except TimeoutError:
-                    self._check_due = self._sweep = True
+            if asked and (claimed == 0 or (claimed < asked and self.materialised)):
+                self._exhausted = True  # nothing more to claim until the tick says otherwise
 
-    async def _claim(self, n: int) -> list[Claimed]:
-        """Claim up to n rows. A pause or shutdown cannot cut a claim off halfway: the claim finishes
-        (shielded) and its rows reach the queue, from which `stop` hands them back."""
-        claim = asyncio.ensure_future(self._claim_rows(n))
-        try:
-            return await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            try:
-                self.queue.extend(await claim)
-            except DB_ERRORS:
-                await self._release_unknown()
-            raise
+    def _wanted(self) -> int:
+        """Rows to top the queue up to a batch, asked when the claim statement is built."""
+        if self.stopping is not None or not self.ctx.account.gate.is_open or not self._lease_ok.is_set():
+            return 0
+        return max(0, self.batch_size - len(self.queue))
 
-    async def _claim_rows(self, n: int) -> list[Claimed]:
-        s = self.ctx.settings
-        me, lease = s.instance_id, s.lease_seconds
-        started = time.monotonic()  # the lease began no earlier than this
-        records: list[asyncpg.Record] = []
-        async with self.ctx.claim_lock, self.ctx.pool.acquire() as conn:
-            if self._check_due:
-                records = await conn.fetch(QUERIES["claim_due"], self.plan.id, n, me, lease, timeout=30)
-                self._check_due = len(records) == n  # a full batch: there may be more
-            if len(records) < n:
-                fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, self.cursor,
-                                         n - len(records), me, lease, timeout=30)
-                if not fresh and self.cursor > 0 and (self._sweep or self.ctx.rate.instances > 1):
-                    # rows another instance skipped past may sit behind our bound: one pass from 0
-                    self.cursor = 0
-                    fresh = await conn.fetch(QUERIES["claim_fresh"], self.plan.id, 0,
-                                             n - len(records), me, lease, timeout=30)
-                self._sweep = False
-                if fresh:
-                    self.cursor = fresh[-1]["id"]
-                records.extend(fresh)
-        rows = [Claimed.from_record(r) for r in records]
-        for row in rows:
-            row.claimed_at = started
-        return rows
+    async def _claim(self) -> tuple[int, int]:
+        """Claim rows into the queue, (asked, claimed). A fresh claim that finds nothing behind a
+        moved cursor looks once more from the start when other instances may have skipped rows."""
+        due, self._check_due = self._check_due, False
+        self._news.clear()  # news from the tick from here on is about rows this claim may miss
+        urgent = len(self.queue) <= self.batch_size // 2
+        asked, claimed = await self.ctx.claims.claim(self.plan.id, self.cursor, self._wanted, due=due,
+                                                     urgent=urgent, deliver=self._take)
+        if due and asked > 0 and claimed == asked:
+            self._check_due = True  # a full batch: there may be more
+        if asked and claimed == 0 and self.cursor > 0 and (self._sweep or self.ctx.rate.instances > 1):
+            self.cursor = 0
+            asked, claimed = await self.ctx.claims.claim(self.plan.id, 0, self._wanted, due=False, urgent=True,
+                                                         deliver=self._take)
+        self._sweep = False
+        return asked, claimed
 
-    async def _release_unknown(self) -> None:
-        """After a claim whose reply may be lost: hand back rows the database says we hold but we don't."""
-        try:
-            async with self.ctx.claim_lock:
-                released = await self.ctx.pool.fetch(QUERIES["release_unknown"], self.ctx.settings.instance_id,
-                                                     list(self._held_ids()), timeout=30)
-        except DB_ERRORS:
-            return  # still unreachable: the lease bound returns them, and the next failure tries again
-        if released:
-            log.warning("released_unknown_claimed_rows", campaign_id=self.plan.id, rows=len(released))
+    def _take(self, rows: list[Claimed]) -> None:
+        """Claimed rows, straight from the claim statement: queued, or handed back once stopping."""
+        fresh = [row.id for row in rows if row.fresh]
+        if fresh:
+            self.cursor = max(self.cursor, max(fresh))
+        if self.stopping is not None or not self.ctx.account.gate.is_open:
+            for row in rows:  # stopped, or the account stopped, while the claim ran
+                self.ctx.finish(self.plan.id, Outcome.handed_back(row))
+            return
+        self.queue.extend(rows)
+        if rows:
+            self._has_rows.set()
 
     # -- dispatching ---------------------------------------------------------------------------
 
@@ -267,11 +249,13 @@ class CampaignRunner:
             if not self.queue:
                 self._has_rows.clear()
                 self._wants_rows.set()
+                ctx.claims.hurry()
                 await self._has_rows.wait()
                 continue
             row = self.queue.popleft()
+            self._wants_rows.set()  # a top-up rides along with the next claim statement ...
             if len(self.queue) <= self.batch_size // 2:
-                self._wants_rows.set()
+                ctx.claims.hurry()  # ... which this campaign now needs soon
             if not ctx.heartbeat.may_send(row.claimed_at):
                 ctx.finish(self.plan.id, Outcome.handed_back(row))  # others may own it: never send it late
                 continue

@@ -1,7 +1,7 @@
 """The suppression list: addresses that are never mailed again, whatever the main app re-imports.
 
-Materialisation and the claim both check it (queries `materialise_recipients`, `claim_fresh`,
-`claim_due`), so an address suppressed mid-campaign is skipped (`Suppressed`) at send time.
+Materialisation and the claim both check it (queries `materialise_recipients` and `claim_many`),
+so an address suppressed mid-campaign is skipped (`Suppressed`) at send time.
 """
 
 from __future__ import annotations

@@ -193,54 +193,55 @@ UPDATE campaigns SET status = 'failed', error = $2, finished_at = now(), updated
 -- campaign_statuses --
 SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])
 
--- claimed_rows --
--- The tail both claims share: the claimed rows with their contact (by id, or by address when the
--- main app supplied the list); contact_deleted when the row names a contact that no longer exists;
+-- claim_many --
+-- One round trip claims for every campaign that asked: $1 campaign ids, $2 each one's keyset
+-- bound, $3 how many rows each wants, $4 whether to take its rows due again first (retry backoff,
+-- release, recovery). Due rows come first, then fresh rows in id order after the bound, so the scan
+-- never walks the dead index entries earlier claims left at the front. The lease ($6 s) is set once
+-- and never renewed: the row stays valid while this instance's heartbeat is fresh. No lock is held
+-- once this returns. Each row comes back with its contact (by id, or by address when the main app
+-- supplied the list); contact_deleted when the row names a contact that no longer exists;
 -- suppressed when the address is on the suppression list (checked again at claim time, so an
--- address suppressed after materialising is still skipped).
-SELECT c.id, c.email, c.attempts, ct.first_name, ct.last_name, ct.country, ct.attributes,
-       ct.status AS contact_status, (c.contact_id IS NOT NULL AND ct.id IS NULL) AS contact_deleted,
+-- address suppressed after materialising is still skipped); fresh when it was never tried (the
+-- claimer moves its keyset bound past those only).
+WITH wanted AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bool[]) AS w(campaign_id, after_id, n, due)
+), due AS MATERIALIZED (
+    SELECT w.campaign_id, p.id
+      FROM wanted w
+     CROSS JOIN LATERAL (
+        SELECT id FROM campaign_recipients
+         WHERE campaign_id = w.campaign_id AND status = 'pending' AND next_attempt_at IS NOT NULL
+           AND next_attempt_at <= now() AND w.due
+         ORDER BY next_attempt_at
+         LIMIT w.n
+           FOR UPDATE SKIP LOCKED) p
+), fresh AS MATERIALIZED (
+    SELECT p.id
+      FROM wanted w
+     CROSS JOIN LATERAL (
+        SELECT id FROM campaign_recipients
+         WHERE campaign_id = w.campaign_id AND status = 'pending' AND next_attempt_at IS NULL
+           -- the bound as a row comparison only the fresh index (campaign_id, id) can serve: with a
+           -- plain id > bound the planner may walk the primary key through other campaigns' rows
+           AND (campaign_id, id) > (w.campaign_id, w.after_id)
+         ORDER BY campaign_id, id
+         LIMIT greatest(0, w.n - (SELECT count(*) FROM due d WHERE d.campaign_id = w.campaign_id))
+           FOR UPDATE SKIP LOCKED) p
+), claimed AS (
+    UPDATE campaign_recipients r
+       SET status = 'sending', claimed_by = $5, lease_until = now() + make_interval(secs => $6)
+     WHERE r.id = ANY(ARRAY(SELECT id FROM due UNION ALL SELECT id FROM fresh))  -- primary-key lookups
+    RETURNING r.id, r.campaign_id, r.contact_id, r.email, r.attempts, r.next_attempt_at IS NULL AS fresh
+)
+SELECT c.id, c.campaign_id, c.fresh, c.email, c.attempts, ct.first_name, ct.last_name, ct.country,
+       ct.attributes, ct.status AS contact_status, (c.contact_id IS NOT NULL AND ct.id IS NULL) AS contact_deleted,
        -- a key probe per claimed row (LIMIT keeps the planner from hashing the whole list)
        coalesce((SELECT true FROM suppressions s WHERE s.email = lower(c.email) LIMIT 1), false) AS suppressed
   FROM claimed c
   LEFT JOIN contacts ct
     ON ct.id = coalesce(c.contact_id, (SELECT x.id FROM contacts x WHERE lower(x.email) = lower(c.email)))
- ORDER BY c.id
-
--- claim_fresh --
--- Fresh rows in id order after a keyset bound: the scan never walks the dead index entries
--- that earlier claims left at the front. The lease ($5 s) is set once and never renewed: the
--- row stays valid while this instance's heartbeat is fresh. No lock is held once this returns.
-WITH picked AS MATERIALIZED (
-    SELECT id FROM campaign_recipients
-     WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NULL AND id > $2
-     ORDER BY id
-     LIMIT $3
-       FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE campaign_recipients r
-       SET status = 'sending', claimed_by = $4, lease_until = now() + make_interval(secs => $5)
-     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))  -- primary-key lookups, never a join scan
-    RETURNING r.id, r.contact_id, r.email, r.attempts
-)
-/*@claimed_rows*/
-
--- claim_due --
--- Rows that came back to pending (retry backoff, release, recovery) once they are due.
-WITH picked AS MATERIALIZED (
-    SELECT id FROM campaign_recipients
-     WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NOT NULL
-       AND next_attempt_at <= now()
-     ORDER BY next_attempt_at
-     LIMIT $2
-       FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE campaign_recipients r
-       SET status = 'sending', claimed_by = $3, lease_until = now() + make_interval(secs => $4)
-     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING r.id, r.contact_id, r.email, r.attempts
-)
-/*@claimed_rows*/
+ ORDER BY c.campaign_id, c.id
 
 -- write_back --
 -- One round trip for a batch of outcomes. Only rows this instance still holds change, and the

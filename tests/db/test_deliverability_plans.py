@@ -32,5 +32,5 @@ async def test_event_batches_match_by_message_id_index(db: asyncpg.Connection) -
     await db.execute("UPDATE campaigns SET status = 'sending' WHERE id = 1")
     await db.execute("UPDATE campaign_recipients SET status = 'pending', message_id = NULL WHERE id > 50000")
     await db.execute("ANALYZE campaign_recipients")
-    plan = await _plan(db, "claim_fresh", 1, 50000, 500, "me", 60.0)
+    plan = await _plan(db, "claim_many", [1], [50000], [500], [False], "me", 60.0)
     assert "suppressions_pkey" in plan and "Seq Scan on suppressions" not in plan, plan

@@ -29,14 +29,10 @@ async def big_campaign(db: asyncpg.Connection) -> int:
     return 2
 
 
-async def test_claim_fresh_uses_keyset_partial_index(db: asyncpg.Connection, big_campaign: int) -> None:
-    plan = await _plan(db, "claim_fresh", big_campaign, 5000, 500, "me", 60.0)
+async def test_claim_uses_keyset_and_retry_partial_indexes(db: asyncpg.Connection, big_campaign: int) -> None:
+    """One claim for three campaigns probes each one's fresh rows after its bound and its due rows."""
+    plan = await _plan(db, "claim_many", [1, 2, 3], [5000, 0, 19000], [500, 500, 10], [True, False, True], "me", 60.0)
     assert "campaign_recipients_fresh_idx" in plan
-    assert "Seq Scan on campaign_recipients" not in plan
-
-
-async def test_claim_due_uses_retry_index(db: asyncpg.Connection, big_campaign: int) -> None:
-    plan = await _plan(db, "claim_due", big_campaign, 500, "me", 60.0)
     assert "campaign_recipients_retry_idx" in plan
     assert "Seq Scan on campaign_recipients" not in plan
 
@@ -71,6 +67,6 @@ async def test_completion_check_probes_partial_indexes_only(db: asyncpg.Connecti
 
 
 def test_query_file_parses_and_rejects_duplicates() -> None:
-    assert {"claim_fresh", "claim_due", "write_back", "complete_campaigns"} <= set(QUERIES)
+    assert {"claim_many", "write_back", "complete_campaigns"} <= set(QUERIES)
     with pytest.raises(ValueError, match="defined twice"):
         parse_queries("-- a --\nSELECT 1\n-- a --\nSELECT 2")

@@ -364,7 +364,7 @@ async def test_write_back_claims_and_recovery_never_deadlock(db_url: str, db: as
     async def instance(me: str) -> None:
         buffer = ResultBuffer(pool, me, size=10_000, interval=60, metrics=Metrics())
         for _ in range(10):
-            rows = await pool.fetch(QUERIES["claim_fresh"], campaign, 0, 100, me, 30.0)
+            rows = await pool.fetch(QUERIES["claim_many"], [campaign], [0], [100], [False], me, 30.0)
             for r in reversed(rows):  # outcomes arrive in any order
                 buffer.add(Outcome(r["id"], "sent", 1, message_id="m"))
             try:

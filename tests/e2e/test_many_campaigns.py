@@ -177,3 +177,29 @@ async def _received_at_least(fake: FakeSES, n: int) -> bool:
 
 async def _all_in(db: asyncpg.Connection, ids: list[int], status: str) -> bool:
     return await _count_in(db, ids, status) == len(ids)
+
+
+
+async def test_claims_of_many_campaigns_share_statements(db: asyncpg.Connection, settings: Settings,
+                                                         fake_ses: FakeSES) -> None:
+    """Sixty campaigns of ten sending at once: rows are claimed for many campaigns per statement (a
+    claim loop per campaign cost at least two statements each), and each address gets one message."""
+    fake_ses.account.max_send_rate = 100.0
+    await add_contacts(db, 600)
+    template = await add_template(db)
+    ids = [r["id"] for r in await db.fetch(
+        "INSERT INTO campaigns (name, template_id, status) SELECT 'ten ' || g, $1, 'draft' "
+        "FROM generate_series(1, 60) g RETURNING id", template)]
+    await db.execute(  # campaign n gets contacts 10n .. 10n+9 (in id order)
+        "INSERT INTO campaign_recipients (campaign_id, contact_id, email) "
+        "SELECT ($1::bigint[])[(row_number() OVER (ORDER BY id) - 1) / 10 + 1], id, email FROM contacts", ids)
+    await db.execute("UPDATE campaigns SET status = 'queued' WHERE id = ANY($1::bigint[])", ids)
+    async with running_daemon(settings) as daemon:
+        await wait_for(lambda: _all_sent(db, ids), timeout=120)
+        claims = daemon.ctx.claims
+        statements, requests = claims.statements, claims.requests
+    _once_each(fake_ses, {f"user{i}@example.org" for i in range(600)})
+    assert fake_ses.max_in_any_window(1.0) <= 100
+    print(f"claim statements {statements}, requests {requests}")
+    assert statements <= len(ids), (statements, requests)
+    assert requests >= 3 * statements, (statements, requests)  # each statement served several campaigns

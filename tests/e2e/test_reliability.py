@@ -174,11 +174,11 @@ async def test_write_back_only_finishes_rows_the_instance_still_holds(db_url: st
     campaign = await add_campaign(db, await add_template(db), status="sending")
     await db.execute("INSERT INTO campaign_recipients (campaign_id, contact_id, email) "
                      "SELECT $1, id, email FROM contacts", campaign)
-    claimed_by_a = await db.fetch(QUERIES["claim_fresh"], campaign, 0, 5, "a", 30.0)
+    claimed_by_a = await db.fetch(QUERIES["claim_many"], [campaign], [0], [5], [False], "a", 30.0)
     # a's lease lapses (it stalled); recovery hands the rows to b
     await db.execute("UPDATE campaign_recipients SET lease_until = now() - interval '1 second'")
     assert len(await db.fetch(QUERIES["recover_orphans_retry"], 30.0, "b")) == 5
-    claimed_by_b = await db.fetch(QUERIES["claim_due"], campaign, 5, "b", 30.0)
+    claimed_by_b = await db.fetch(QUERIES["claim_many"], [campaign], [0], [5], [True], "b", 30.0)
     assert len(claimed_by_b) == 5
     pool = await create_pool(db_url)
     try:
