@@ -22,7 +22,8 @@ async def _campaign_with(db: asyncpg.Connection, template: int, contacts: list[i
     return campaign
 
 
-async def _claim(db: asyncpg.Connection, wanted: list[tuple[int, int, int, bool]], me: str = "me") -> list[asyncpg.Record]:
+async def _claim(db: asyncpg.Connection, wanted: list[tuple[int, int, int, bool]],
+                 me: str = "me") -> list[asyncpg.Record]:
     ids, after, n, due = (list(column) for column in zip(*wanted, strict=True))
     return await db.fetch(QUERIES["claim_many"], ids, after, n, due, me, 30.0)
 
