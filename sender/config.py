@@ -58,6 +58,7 @@ class Settings:
     unsubscribe_url: str | None = None
     unsubscribe_secret: str | None = field(default=None, repr=False)
     claim_batch: int = 1000
+    max_sending_campaigns: int = 1000  # campaigns sending at once, cluster-wide; more stay queued (sender.tick)
     flush_size: int = 1000
     flush_interval: float = 0.1
     poll_interval: float = 1.0
@@ -151,6 +152,7 @@ NUMBERS: tuple[tuple[str, str, float, bool], ...] = (
     ("SENDER_RETRY_BASE_SECONDS", "retry_base_seconds", 0.01, False),
     ("SENDER_RETRY_MAX_SECONDS", "retry_max_seconds", 0.01, False),
     ("SENDER_CLAIM_BATCH", "claim_batch", 1, True),
+    ("SENDER_MAX_SENDING_CAMPAIGNS", "max_sending_campaigns", 1, True),
     ("SENDER_FLUSH_SIZE", "flush_size", 1, True),
     ("SENDER_FLUSH_INTERVAL", "flush_interval", 0.01, False),
     ("SENDER_POLL_INTERVAL", "poll_interval", 0.05, False),

@@ -39,6 +39,7 @@ class CampaignRunner:
         self.window: CampaignWindow | None = None  # the campaign's own rate, when it has one
         self.lease: CampaignLease | None = None  # ... which only the lease holder may send at
         self._lease_ok = asyncio.Event()
+        self._rated = asyncio.Event()  # set while the campaign has a rate (and so a lease) of its own
         self.queue: deque[Claimed] = deque()
         self.cursor = 0
         self.stopping: str | None = None
@@ -82,10 +83,12 @@ class CampaignRunner:
         if rate is None:
             self.window = self.lease = None
             self._lease_ok.set()
+            self._rated.clear()
         elif self.window is None:
             self.window = CampaignWindow(rate, margin=self.ctx.settings.rate_headroom)
             self.lease = CampaignLease(self.ctx.pool, self.plan.id, self.ctx.settings.instance_id)
             self._lease_ok.clear()
+            self._rated.set()
         else:
             self.window.set_rate(rate)
 
@@ -145,17 +148,19 @@ class CampaignRunner:
         """Take and renew the lease every RENEW_AFTER; without it, hand back what is queued."""
         while True:
             lease = self.lease
-            if lease is not None:
-                try:
-                    held = await lease.hold()
-                except DB_ERRORS as exc:
-                    log.warning("campaign_lease_failed", campaign_id=self.plan.id, error=db_error_text(exc))
-                    held = lease.held()
-                if held:
-                    self._lease_ok.set()
-                else:
-                    self._lease_ok.clear()
-                    self.release_queued()
+            if lease is None:  # no rate of its own: nothing to renew until it gets one
+                await self._rated.wait()
+                continue
+            try:
+                held = await lease.hold()
+            except DB_ERRORS as exc:
+                log.warning("campaign_lease_failed", campaign_id=self.plan.id, error=db_error_text(exc))
+                held = lease.held()
+            if held:
+                self._lease_ok.set()
+            else:
+                self._lease_ok.clear()
+                self.release_queued()
             await asyncio.sleep(RENEW_AFTER)
 
     def release_queued(self, *, cancelled: bool = False) -> int:

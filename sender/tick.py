@@ -75,8 +75,9 @@ class Tick:
         overview = await pool.fetchrow(QUERIES["tick_overview"], timeout=10)
         d.ctx.apply_rate()
         await self._step("account_hold", lambda: d.account.sync_hold(pool, overview))
-        if overview["queued_due"]:
-            await self._step("start_queued", self._start_queued)
+        room = d.settings.max_sending_campaigns - len(overview["sending"])
+        if overview["queued_due"] and room > 0:
+            await self._step("start_queued", lambda: self._start_queued(room))
         if overview["materialising"]:
             d.materialiser.wake()
         await self._step("fail_campaigns", self._fail_campaigns)
@@ -107,10 +108,14 @@ class Tick:
         await self.d.pool.execute(QUERIES["campaign_fail"], campaign_id, reason[:1000], timeout=10)
         log.error("campaign_failed", campaign_id=campaign_id, error=reason[:300])
 
-    async def _start_queued(self) -> None:
-        """Every due queued campaign up to STARTS_PER_TICK, in one batched start (a fixed number of
-        statements); the next tick follows at once, to start their runners (and the rest, if any)."""
-        results = await start_queued(self.d.pool, self.d.settings, limit=STARTS_PER_TICK)
+    async def _start_queued(self, room: int = STARTS_PER_TICK) -> None:
+        """Every due queued campaign up to STARTS_PER_TICK, and up to `room` under
+        SENDER_MAX_SENDING_CAMPAIGNS, in one batched start (a fixed number of statements); the next
+        tick follows at once, to start their runners (and the rest, if any). Beyond the bound,
+        campaigns stay queued, oldest first, until sending ones finish: the instance's memory, the
+        tick's overview and each campaign's share of the cap stay bounded however many are queued."""
+        limit = min(STARTS_PER_TICK, room)
+        results = await start_queued(self.d.pool, self.d.settings, limit=limit)
         for started in results:
             if started.started:
                 log.info("campaign_started", campaign_id=started.campaign_id)
@@ -121,8 +126,8 @@ class Tick:
         if any(r.started for r in results):
             self.d.materialiser.wake()
             self.again = True
-        if len(results) >= STARTS_PER_TICK:
-            self.again = True  # the rest of the due campaigns
+        if len(results) >= limit and limit < room:
+            self.again = True  # the rest of the due campaigns, while there is room
 
     async def _fail_campaigns(self) -> None:
         failed = self.d.failed_campaigns

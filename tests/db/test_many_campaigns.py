@@ -234,3 +234,25 @@ async def test_status_without_an_id_stays_readable_with_a_thousand_campaigns(db:
     code, out = await _status(settings, "--all", "--json")
     data = json.loads(out)
     assert len(data["active"]) + len(data["recent"]) == 1000
+
+
+async def test_starts_stop_at_the_bound_on_sending_campaigns_oldest_first(db: asyncpg.Connection,
+                                                                          db_url: str) -> None:
+    """With room for 20 more sending campaigns, a tick starts the 20 oldest due ones; the rest stay
+    queued until sending ones finish."""
+    await add_contacts(db, 3)
+    template = await add_template(db)
+    campaigns = [await add_campaign(db, template) for _ in range(50)]
+    from sender.db import connect
+
+    pool = CountingPool(await connect(db_url))
+    materialiser = SimpleNamespace(wake=lambda: None)
+    tick = Tick(SimpleNamespace(pool=pool, settings=_settings(), materialiser=materialiser))  # type: ignore[arg-type]
+    tick.again = False
+    await tick._start_queued(room=20)
+    await pool.conn.close()
+    statuses = await _statuses(db, campaigns)
+    assert [c for c in campaigns if statuses[c][0] == "sending"] == campaigns[:20]
+    assert {statuses[c][0] for c in campaigns[20:]} == {"queued"}
+    assert tick.again  # the started campaigns' runners start in the next tick ...
+    assert len([q for q in pool.statements if q == QUERIES["campaigns_start_checked"]]) == 1  # ... in one batch

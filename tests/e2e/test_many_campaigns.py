@@ -203,3 +203,35 @@ async def test_claims_of_many_campaigns_share_statements(db: asyncpg.Connection,
     print(f"claim statements {statements}, requests {requests}")
     assert statements <= len(ids), (statements, requests)
     assert requests >= 3 * statements, (statements, requests)  # each statement served several campaigns
+
+
+async def test_at_most_the_bound_of_campaigns_send_at_once_and_the_queued_rest_follow(
+        db: asyncpg.Connection, db_url: str, settings: Settings, fake_ses: FakeSES) -> None:
+    """SENDER_MAX_SENDING_CAMPAIGNS=5 with 40 campaigns queued at once: never more than 5 `sending`
+    (watched all along), and every one of the 40 ends sent, its address mailed once."""
+    import asyncio
+    import dataclasses
+
+    fake_ses.account.max_send_rate = 20.0
+    await add_contacts(db, 40)
+    campaigns = await _one_recipient_campaigns(db, 40, await add_template(db))
+    most = 0
+    watching = await asyncpg.connect(db_url)
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, await _count_in(watching, campaigns, "sending"))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async with running_daemon(dataclasses.replace(settings, max_sending_campaigns=5)) as daemon:
+            await wait_for(lambda: _all_sent(db, campaigns), timeout=120)
+            assert len(daemon.runners) <= 5
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await watching.close()
+    assert 1 <= most <= 5
+    _once_each(fake_ses, {f"user{i}@example.org" for i in range(40)})

@@ -195,6 +195,24 @@ def test_render_stops_on_its_time_budget_from_inside() -> None:
     assert time.thread_time() - budget.cpu_start > 0.002
 
 
+def test_a_garbage_collection_during_a_render_is_not_the_templates_cpu_time() -> None:
+    """A full collection over a big heap (thousands of campaigns in memory) can take longer than a
+    render's whole budget; it used to fail an innocent recipient with TemplateBudget."""
+    import gc
+
+    heap = [[i] for i in range(1_000_000)]  # a heap whose full collection takes well over 2 ms
+    budget = rb.RenderBudget(seconds=0.002, max_chars=1000)
+    cpu = time.thread_time()
+    gc.collect()
+    assert time.thread_time() - cpu > 0.002  # the collection alone took more than the budget ...
+    budget.deadline = 0.0
+    budget.check_time()  # ... and the render is not blamed for it
+    with pytest.raises(rb.BudgetExceeded, match="render budget"):
+        while True:  # CPU the render itself burns still counts
+            budget.check_time()
+    del heap
+
+
 def test_data_dependent_loop_fails_one_contact_only() -> None:
     t = generous("{% for i in range(attributes.n) %}{% for j in range(attributes.n) %}x{% endfor %}{% endfor %}")
     assert t.render(Contact(email="a@example.com", attributes={"n": 3}), unsubscribe_url="").html == "x" * 9
