@@ -10,10 +10,12 @@ campaign's lease (sender.campaign_lease).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 WAITING_SECONDS = 0.05  # requests kept waiting at the wire: about 50 ms of sending
 
@@ -39,42 +41,60 @@ class AccountRate:
 
 class WaitingRoom:
     """Requests dispatched towards a rate but not yet past it, kept to about WAITING_SECONDS of
-    sending: a pause withdraws only those, and no herd wakes for every free slot."""
+    sending: a pause withdraws only those, and no herd wakes for every free slot.
+
+    Places go out by self-clocked fair queueing over flows (campaigns): each request is tagged
+    max(now, its flow's last tag) + 1/weight, and a free place goes to the smallest tag. Flows that
+    always wait therefore get places in proportion to their weights (a campaign's rate_per_sec, or
+    the cap when it has none: an equal share among those), one with few requests takes what it
+    needs, and within a flow requests keep their order. One flow (the default) is plain FIFO.
+    """
 
     def __init__(self, rate: Callable[[], float], *, at_least: int = 2) -> None:
         self._rate = rate
         self._at_least = at_least
         self.pending = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []  # a heap by (tag, arrival)
+        self._tags: dict[Hashable, float] = {}  # each flow's last tag
+        self._now = 0.0  # the tag of the last place given: the room's virtual clock
+        self._arrival = itertools.count()
 
     def has_room(self) -> bool:
         return self.pending < max(self._at_least, math.ceil(self._rate() * WAITING_SECONDS))
 
-    async def acquire(self) -> None:
-        """A place for one more request, given in arrival order: a busy campaign's dispatcher cannot
-        take every place that frees while a small campaign's waits."""
+    async def acquire(self, flow: Hashable = None, weight: float = 1.0) -> None:
+        """A place for one more request of `flow`, given by fair share among the flows waiting: a
+        busy campaign's dispatcher cannot take every place that frees while a small campaign's waits."""
+        tag = max(self._now, self._tags.get(flow, 0.0)) + 1.0 / max(weight, 1e-6)
+        self._tags[flow] = tag
         if self.has_room() and not self._waiters:
             self.pending += 1
+            self._now = tag
             return
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(place)
+        entry = (tag, next(self._arrival), place)
+        heapq.heappush(self._waiters, entry)
         try:
             await place
         except asyncio.CancelledError:
             if place.done() and not place.cancelled():
                 self.release()  # it was given to us just as we were cancelled: pass it on
             else:
-                self._waiters.remove(place)
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
             raise
 
     def release(self) -> None:
-        """That request passed, or will never get here: its place goes to the longest waiter."""
+        """That request passed, or will never get here: its place goes to the smallest tag waiting."""
         self.pending -= 1
         while self._waiters and self.has_room():
-            place = self._waiters.popleft()
+            tag, _, place = heapq.heappop(self._waiters)
             if not place.done():
                 self.pending += 1
+                self._now = max(self._now, tag)
                 place.set_result(None)
+        if len(self._tags) > 2 * len(self._waiters) + 64:  # flows gone quiet start afresh at the clock
+            self._tags = {flow: tag for flow, tag in self._tags.items() if tag > self._now}
 
 
 class CampaignWindow:

@@ -3,10 +3,10 @@
 A claimer keeps a small local queue filled from the database; a dispatcher takes rows in order,
 settles the ones that must not be sent (skipped, invalid, unrenderable) without using a rate
 slot, and spawns a Delivery for each ready one while there is room among the few requests
-waiting at the wire for an account slot (sender.shared_rate). Requests of every campaign take
-account slots in turn (FIFO), so each sending campaign gets an equal share of the cap, a campaign
-with rate_per_sec never more than its rate (it is sent by the one instance holding its lease,
-sender.campaign_lease), and what one cannot use goes to the others. No database lock is held while
+waiting at the wire for an account slot (sender.shared_rate). Campaigns get those places in
+proportion to their rate_per_sec (the cap when null: evenly), never more than their own rate (a
+rated campaign is sent by the one instance holding its lease, sender.campaign_lease), and what one
+cannot use goes to the others. No database lock is held while
 SES is called.
 """
 
@@ -294,7 +294,7 @@ class CampaignRunner:
             if window_room is not None:
                 await window_room.acquire()
             try:
-                await ctx.account_budget.room.acquire()
+                await ctx.account_budget.room.acquire(self.plan.id, self.rate)  # shares by rate (or evenly)
             except asyncio.CancelledError:
                 if window_room is not None:
                     window_room.release()

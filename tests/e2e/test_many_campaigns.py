@@ -14,7 +14,7 @@ from sender.config import Settings
 from sender.daemon import Daemon
 from sender.demo.fakeses import FakeSES
 from sender.metrics import CAMPAIGN_SERIES_LIMIT
-from tests.helpers import add_contacts, add_template, max_in_window, running_daemon, wait_for
+from tests.helpers import add_campaign, add_contacts, add_template, max_in_window, running_daemon, wait_for
 
 _CAMPAIGN_LABEL = re.compile(r'campaign_id="(\d+)"')
 
@@ -235,3 +235,29 @@ async def test_at_most_the_bound_of_campaigns_send_at_once_and_the_queued_rest_f
         await watching.close()
     assert 1 <= most <= 5
     _once_each(fake_ses, {f"user{i}@example.org" for i in range(40)})
+
+
+async def test_campaigns_share_the_cap_in_proportion_to_their_rates(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    """Cap 60/s, campaigns at 50/s and 25/s (together over the cap): they get about 40 and 20 (2:1),
+    not 30 each, and the cap holds."""
+    fake_ses.account.max_send_rate = 60.0
+    await add_contacts(db, 400)
+    template = await add_template(db)
+    fast = await add_campaign(db, template, rate=50, status="draft")
+    slow = await add_campaign(db, template, rate=25, status="draft")
+    await db.execute(  # 200 contacts each, supplied by the main app
+        "INSERT INTO campaign_recipients (campaign_id, contact_id, email) "
+        "SELECT CASE WHEN row_number() OVER (ORDER BY id) <= 200 THEN $1::bigint ELSE $2::bigint END, id, email "
+        "FROM contacts", fast, slow)
+    await db.execute("UPDATE campaigns SET status = 'queued' WHERE id = ANY($1::bigint[])", [fast, slow])
+    async with running_daemon(settings):
+        await wait_for(lambda: _accepted(fake_ses, 180), timeout=60)
+    first = [m for m in sorted(fake_ses.messages, key=lambda m: m.received_at)][:180]
+    share = Counter("fast" if int(m.to[0].split("@")[0].removeprefix("user")) < 200 else "slow" for m in first)
+    assert 1.6 <= share["fast"] / share["slow"] <= 2.5, share  # 2:1 by rate; an even split would be 1:1
+    assert fake_ses.max_in_any_window(1.0) <= 60
+
+
+async def _accepted(fake: FakeSES, n: int) -> bool:
+    return len(fake.messages) >= n
