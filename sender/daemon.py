@@ -41,7 +41,7 @@ from sender.shutdown import drain_deliveries, hand_back
 from sender.supervisor import Supervisor
 from sender.systemd import SystemdNotifier
 from sender.tick import Materialiser, Tick
-from sender.tuning import default_concurrency, tune_gc_for_throughput
+from sender.tuning import GarbageCollector, default_concurrency, tune_gc_for_throughput
 from sender.writeback import ResultBuffer
 
 log = get_logger("sender.daemon")
@@ -51,6 +51,7 @@ class Daemon:
     def __init__(self, settings: Settings, *, ses: SesClient | None = None, tune_gc: bool = False) -> None:
         self.settings = settings
         self._tune_gc = tune_gc
+        self.garbage = GarbageCollector(enabled=tune_gc)  # the tick collects now and then (sender.tuning)
         self._ses = ses
         self.metrics = Metrics()
         self.cluster_metrics = ClusterMetrics(self.metrics.registry, self._budget_counters)
@@ -308,6 +309,7 @@ class Daemon:
         if runner is not None and self.runners.get(campaign_id) is runner:
             del self.runners[campaign_id]
             self.ctx.campaigns_sending = len(self.runners)
+            self.garbage.ended += 1
             await runner.release_lease()
 
     def _budget_counters(self) -> dict[str, BudgetCounters]:

@@ -92,6 +92,7 @@ class Tick:
             await self._step("skip_cancelled", self._skip_cancelled)
         if self.count % RECOVER_EVERY == 0:
             await self._step("recover", self._recover_orphans)
+        d.garbage.maybe_collect()
         if self.db_failed:
             raise ConnectionError("a tick step could not reach the database")
 
