@@ -124,6 +124,11 @@ class Claims:
                 if not request.done.done():
                     request.done.set_exception(exc)
             return
+        except Exception as exc:  # a bug: the runners see it (their campaigns restart), the supervisor restarts us
+            for request, _ in batch:
+                if not request.done.done():
+                    request.done.set_exception(exc)
+            raise
         except BaseException:
             for request, _ in batch:  # cancelled: rows claimed anyway go back with the instance's (hand_back)
                 request.done.cancel()
@@ -137,7 +142,14 @@ class Claims:
             rows[record["campaign_id"]].append(row)
         for request, n in batch:
             claimed = rows.pop(request.campaign_id, [])
-            request.deliver(claimed)  # synchronously: the rows are in the runner's hands from here on
+            try:
+                request.deliver(claimed)  # synchronously: the rows are in the runner's hands from here on
+            except Exception as exc:  # one runner's bug stays its own (its rows come back by their lease)
+                log.error("claim_delivery_failed", campaign_id=request.campaign_id, rows=len(claimed),
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+                if not request.done.done():
+                    request.done.set_exception(exc)
+                continue
             if not request.done.done():
                 request.done.set_result((n, len(claimed)))
 

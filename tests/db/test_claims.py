@@ -81,3 +81,34 @@ async def test_the_batcher_answers_concurrent_campaigns_in_one_statement_and_han
     assert claims.statements == 1 and claims.requests == 10
     assert {cid: len(rows) for cid, rows in got.items()} == dict.fromkeys(campaigns, 3)
     assert await db.fetchval("SELECT count(*) FROM campaign_recipients WHERE status = 'sending'") == 30
+
+
+async def test_one_runner_failing_to_take_its_rows_does_not_stop_the_others(
+        db: asyncpg.Connection, db_url: str) -> None:
+    await add_contacts(db, 8)
+    template = await add_template(db)
+    contacts = [r["id"] for r in await db.fetch("SELECT id FROM contacts ORDER BY id")]
+    broken, fine = (await _campaign_with(db, template, contacts[:4]), await _campaign_with(db, template, contacts[4:]))
+    pool = await create_pool(db_url)
+    claims = Claims(pool, Settings(from_email="news@example.com", instance_id="me"), held_ids=set)
+    runner = asyncio.create_task(claims.run())
+    got: list[Claimed] = []
+
+    def refuse(rows: list[Claimed]) -> None:
+        raise RuntimeError("a runner bug")
+
+    try:
+        failing = claims.claim(broken, 0, lambda: 4, due=False, urgent=False, deliver=refuse)
+        working = claims.claim(fine, 0, lambda: 4, due=False, urgent=True, deliver=got.extend)
+        assert await working == (4, 4) and len(got) == 4
+        try:
+            await failing
+        except RuntimeError as exc:
+            assert str(exc) == "a runner bug"
+        else:
+            raise AssertionError("the failing runner was told nothing")
+        assert not runner.done()  # the claimer carries on for everyone else
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await pool.close()
