@@ -38,6 +38,10 @@ CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
 MAX_CERT_BYTES = 64 * 1024
 NOTIFICATION_FIELDS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
 CONFIRMATION_FIELDS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+SIGNATURE_FIELDS = ("Signature", "SignatureVersion", "SigningCertURL")
+# the OpenAPI schema SnsMessage: each property, signed or not, is a string whenever present
+STRING_FIELDS = ("Type", "MessageId", "TopicArn", "Subject", "Message", "Timestamp", *SIGNATURE_FIELDS,
+                 "SubscribeURL", "Token", "UnsubscribeURL")
 TYPES = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
 
 
@@ -90,10 +94,15 @@ class SnsVerifier:
     def check_envelope(self, msg: Any) -> dict[str, Any]:
         if not isinstance(msg, dict):
             raise SnsRefused("malformed", "body is not a JSON object")
+        # also the fields the Type does not sign (UnsubscribeURL never is): a genuine signature does
+        # not make an envelope that breaks the documented schema acceptable
+        for name in STRING_FIELDS:
+            if name in msg and not isinstance(msg[name], str):
+                raise SnsRefused("malformed", f"SNS field {name} is not a string")
         if msg.get("Type") not in TYPES:
             raise SnsRefused("malformed", "unknown SNS message Type")
         fields = NOTIFICATION_FIELDS if msg["Type"] == "Notification" else CONFIRMATION_FIELDS
-        for name in (*fields, "Signature", "SignatureVersion", "SigningCertURL"):
+        for name in (*fields, *SIGNATURE_FIELDS):
             if name == "Subject" and name not in msg:
                 continue
             if not isinstance(msg.get(name), str):

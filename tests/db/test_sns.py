@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,15 @@ from sender.config import Settings
 from sender.db import create_pool
 from sender.event_metrics import EventMetrics
 from sender.public_http import PublicServer
-from sender.sns import SnsEndpoint, SnsVerifier, string_to_sign
+from sender.sns import (
+    CONFIRMATION_FIELDS,
+    NOTIFICATION_FIELDS,
+    SIGNATURE_FIELDS,
+    STRING_FIELDS,
+    SnsEndpoint,
+    SnsVerifier,
+    string_to_sign,
+)
 from tests import ses_events as ev
 from tests.helpers import seed_sent_campaign
 
@@ -209,6 +218,42 @@ async def test_subscription_confirmation_visits_only_an_sns_subscribe_url(
     status, _ = await post(url, certs.sign(hostile))
     assert status == 403
     assert sum(h.startswith("/subscribe") for h in certs.hits) == 1
+
+
+async def test_signed_envelopes_violating_the_schema_are_refused_before_verification(
+        db: asyncpg.Connection, certs: CertServer, endpoint: tuple[str, SnsEndpoint]) -> None:
+    """Every SnsMessage property is a string, signed or not: a genuine signature over the fields its
+    Type signs once let a non-string UnsubscribeURL (never signed), or a SubscribeURL/Token on a
+    Notification or a Subject on a confirmation, through with a 200 and the event applied."""
+    url, _ = endpoint
+    await seed_sent_campaign(db, 1)
+    event = notification(ev.bounce("m-0", "user0@example.org"))
+    confirmation = {"Type": "SubscriptionConfirmation", "MessageId": "165545c9", "Token": "2336412f37",
+                    "TopicArn": TOPIC, "Message": "You have chosen to subscribe to the topic.",
+                    "SubscribeURL": f"{certs.url}/subscribe?Action=ConfirmSubscription&Token=2336412f37",
+                    "Timestamp": "2012-04-26T20:45:04.751Z"}
+    unsubscribed = {**confirmation, "Type": "UnsubscribeConfirmation"}
+    cases = {
+        "Notification, UnsubscribeURL a number": {**event, "UnsubscribeURL": 17},
+        "Notification, SubscribeURL a list": {**event, "SubscribeURL": []},
+        "Notification, Token null": {**event, "Token": None},
+        "SubscriptionConfirmation, Subject an object": {**confirmation, "Subject": {"a": 1}},
+        "SubscriptionConfirmation, UnsubscribeURL false": {**confirmation, "UnsubscribeURL": False},
+        "UnsubscribeConfirmation, Subject a number": {**unsubscribed, "Subject": 1.5},
+    }
+    for name, body in cases.items():
+        assert (await post(url, certs.sign(body)))[0] == 400, name  # a genuine signature
+    assert await db.fetchval("SELECT count(*) FROM ses_events") == 0
+    assert not any(h.startswith("/subscribe") for h in certs.hits)
+    # the same envelopes with the property a string are believed: the refusal is the schema's, not the signature's
+    assert (await post(url, certs.sign({**event, "UnsubscribeURL": "17"})))[0] == 200
+
+
+def test_every_documented_envelope_property_is_checked_as_a_string() -> None:
+    schema = json.loads(files("sender").joinpath("openapi.json").read_text())["components"]["schemas"]["SnsMessage"]
+    assert set(STRING_FIELDS) == set(schema["properties"])
+    assert all(schema["properties"][name] == {"type": "string"} for name in STRING_FIELDS)
+    assert set(schema["required"]) <= {*NOTIFICATION_FIELDS, *CONFIRMATION_FIELDS, *SIGNATURE_FIELDS}
 
 
 async def test_hostile_bodies(db: asyncpg.Connection, certs: CertServer, endpoint: tuple[str, SnsEndpoint]) -> None:
