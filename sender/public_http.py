@@ -119,15 +119,15 @@ class PublicServer:
     async def unsubscribe(self, request: web.Request) -> web.Response:
         """RFC 8058 one-click POST (or the page's form): unsubscribe, record, suppress. Idempotent."""
         length = request.content_length
-        if length is None:
-            return page(411, "Bad request", "<p>Content-Length is required.</p>")
-        if length > UNSUBSCRIBE_MAX_BODY:
+        if length is not None and length > UNSUBSCRIBE_MAX_BODY:
             return page(413, "Bad request", "<p>Request body too large.</p>")
         ids = self._token(request)
         if ids is None:
             return neutral_page()
-        try:
-            form = await request.post()
+        try:  # a chunked body (no Content-Length) is capped as it is read
+            form = await request.clone(client_max_size=UNSUBSCRIBE_MAX_BODY).post()
+        except web.HTTPRequestEntityTooLarge:
+            return page(413, "Bad request", "<p>Request body too large.</p>")
         except ValueError:
             return page(400, "Bad request", "<p>Malformed form body.</p>")
         if form.get("List-Unsubscribe") != "One-Click":
