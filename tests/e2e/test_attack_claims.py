@@ -15,7 +15,7 @@ import asyncpg
 
 from sender.config import Settings
 from sender.daemon import Daemon
-from sender.demo.fakeses import Fault, FakeSES
+from sender.demo.fakeses import FakeSES, Fault
 from tests.helpers import add_contacts, add_template, running_daemon, wait_for
 from tests.latency_proxy import LatencyProxy
 
@@ -72,7 +72,8 @@ async def _sent_rows_match_the_fake(db: asyncpg.Connection, fake: FakeSES, ids: 
     sent = {r["email"] for r in await db.fetch(
         "SELECT email FROM campaign_recipients WHERE campaign_id = ANY($1::bigint[]) AND status = 'sent'", ids)}
     mailed = set(_mailed_at_most_once(fake))
-    assert sent == mailed, {"sent, never mailed": sorted(sent - mailed)[:5], "mailed, not sent": sorted(mailed - sent)[:5]}
+    assert sent == mailed, {"sent, never mailed": sorted(sent - mailed)[:5],
+                            "mailed, not sent": sorted(mailed - sent)[:5]}
 
 
 def _leak_state(daemon: Daemon) -> dict[str, int]:
@@ -324,13 +325,16 @@ async def test_the_sending_bound_with_paused_campaigns_strands_nobody(
             sending = [r["id"] for r in await db.fetch(
                 "UPDATE campaigns SET status = 'paused' WHERE id = ANY($1::bigint[]) AND status = 'sending' "
                 "RETURNING id", ids)]
-            others = [cid for cid in ids if cid not in sending]
-            await wait_for(lambda: _sending_count(db, others, 1), timeout=10)  # a queued one took a place
+            await _wait_a_queued_one_takes_a_place(db, [cid for cid in ids if cid not in sending])
             await db.execute("UPDATE campaigns SET status = 'sending' WHERE id = ANY($1::bigint[])", sending)
             rounds += 1
         assert rounds >= 2, "the bound never held anything back: the attack did not happen"
         await _wait_settled(db, ids, timeout=25)
     await _sent_rows_match_the_fake(db, fake_ses, ids)
+
+
+async def _wait_a_queued_one_takes_a_place(db: asyncpg.Connection, others: list[int]) -> None:
+    await wait_for(lambda: _sending_count(db, others, 1), timeout=10)
 
 
 async def _sending_count(db: asyncpg.Connection, ids: list[int], at_least: int) -> bool:
