@@ -10,7 +10,8 @@ instance claims at once. Statements start at least CLAIM_SPACING apart.
 Claimed rows are handed to the runner's `deliver` callback the moment the statement returns, so
 they are always in some runner's hands (or handed back by it) and never in limbo between the
 database and a queue. Claims run one at a time, so handing back rows after a claim whose reply
-was lost (`release_unknown`) never races another claim.
+was lost (`release_unknown`) never races another claim; until it has worked (the database may be
+away too), it is tried again before any other claim and every RECONCILE_EVERY.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = get_logger("sender.claims")
 
 CLAIM_SPACING = 0.02  # seconds between the starts of two claims: requests arriving meanwhile share one
 CAMPAIGNS_PER_CLAIM = 500  # campaigns one statement claims for; more wait for the next
+RECONCILE_EVERY = 1.0  # seconds between attempts to hand back what a lost claim took, while they fail
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Claims:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last = 0.0  # monotonic start of the last claim
+        self._unknown = False  # a claim's reply was lost and the rows it may have taken are not handed back yet
+        self._reconciled = 0.0  # monotonic start of the last attempt to hand them back
         self.statements = 0
         self.requests = 0
 
@@ -87,6 +91,14 @@ class Claims:
 
     async def run(self) -> None:
         while True:
+            if self._unknown:  # a lost claim is reconciled before any other claim, once the database answers
+                await asyncio.sleep(max(0.0, self._reconciled + RECONCILE_EVERY - time.monotonic()))
+                self._idle.clear()
+                try:
+                    await self._release_unknown()
+                finally:
+                    self._idle.set()
+                continue
             await self._wake.wait()
             pause = self._last + CLAIM_SPACING - time.monotonic()
             if pause > 0:
@@ -119,6 +131,7 @@ class Claims:
                 [n for _, n in batch], [r.due for r, _ in batch], s.instance_id, s.lease_seconds, timeout=30)
         except DB_ERRORS as exc:
             log.warning("claim_failed", campaigns=len(batch), error=db_error_text(exc))
+            self._unknown = True
             await self._release_unknown()
             for request, _ in batch:
                 if not request.done.done():
@@ -155,10 +168,14 @@ class Claims:
 
     async def _release_unknown(self) -> None:
         """After a claim whose reply may be lost: hand back rows the database says we hold but we don't."""
+        self._reconciled = time.monotonic()
         try:
             released = await self._pool.fetch(QUERIES["release_unknown"], self._settings.instance_id,
                                               list(self._held_ids()), timeout=30)
-        except DB_ERRORS:
-            return  # still unreachable: the lease bound returns them, and the next failure tries again
+        except DB_ERRORS as exc:
+            # still unreachable: tried again before the next claim and every RECONCILE_EVERY until it works
+            log.warning("release_unknown_failed", error=db_error_text(exc))
+            return
+        self._unknown = False
         if released:
             log.warning("released_unknown_claimed_rows", rows=len(released))

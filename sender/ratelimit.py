@@ -79,7 +79,7 @@ class WaitingRoom:
         except asyncio.CancelledError:
             if place.done() and not place.cancelled():
                 self.release()  # it was given to us just as we were cancelled: pass it on
-            else:
+            elif entry in self._waiters:  # a release in between may already have dropped it, unserved
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
             raise

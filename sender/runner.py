@@ -271,7 +271,7 @@ class CampaignRunner:
             self._in_hand = row
             try:
                 await self._wait_for_room()
-            except asyncio.CancelledError:
+            except BaseException:  # cancelled (or a bug in a room): the row stays ours, to be handed back
                 self.queue.appendleft(row)
                 raise
             finally:
@@ -295,11 +295,11 @@ class CampaignRunner:
                 await window_room.acquire()
             try:
                 await ctx.account_budget.room.acquire(self.plan.id, self.rate)  # shares by rate (or evenly)
-            except asyncio.CancelledError:
+            except BaseException:
                 if window_room is not None:
                     window_room.release()
                 raise
-        except asyncio.CancelledError:
+        except BaseException:
             ctx.inflight.release()
             raise
 
