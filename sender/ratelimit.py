@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 
 WAITING_SECONDS = 0.05  # requests kept waiting at the wire: about 50 ms of sending
+CREDIT = 4  # places a flow that briefly had nothing waiting may catch up on (sender.ratelimit.WaitingRoom)
 
 
 class AccountRate:
@@ -44,10 +45,13 @@ class WaitingRoom:
     sending: a pause withdraws only those, and no herd wakes for every free slot.
 
     Places go out by self-clocked fair queueing over flows (campaigns): each request is tagged
-    max(now, its flow's last tag) + 1/weight, and a free place goes to the smallest tag. Flows that
-    always wait therefore get places in proportion to their weights (a campaign's rate_per_sec, or
-    the cap when it has none: an equal share among those), one with few requests takes what it
-    needs, and within a flow requests keep their order. One flow (the default) is plain FIFO.
+    max(the room's clock, its flow's last tag) + 1/weight, and a free place goes to the smallest tag.
+    Flows that always wait therefore get places in proportion to their weights (a campaign's
+    rate_per_sec, or an equal share of the cap when it has none), one with few requests takes what
+    it needs, and within a flow requests keep their order. A flow that waits for one request to pass
+    before it asks again (a rated campaign's own window) would lose its turn every time it was away,
+    and with it its share: it keeps up to CREDIT places of lag instead. One flow (the default) is
+    plain FIFO.
     """
 
     def __init__(self, rate: Callable[[], float], *, at_least: int = 2) -> None:
@@ -55,7 +59,7 @@ class WaitingRoom:
         self._at_least = at_least
         self.pending = 0
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []  # a heap by (tag, arrival)
-        self._tags: dict[Hashable, float] = {}  # each flow's last tag
+        self._tags: dict[Hashable, tuple[float, float]] = {}  # each flow's last tag, and the lag it may keep
         self._now = 0.0  # the tag of the last place given: the room's virtual clock
         self._arrival = itertools.count()
 
@@ -65,11 +69,13 @@ class WaitingRoom:
     async def acquire(self, flow: Hashable = None, weight: float = 1.0) -> None:
         """A place for one more request of `flow`, given by fair share among the flows waiting: a
         busy campaign's dispatcher cannot take every place that frees while a small campaign's waits."""
-        tag = max(self._now, self._tags.get(flow, 0.0)) + 1.0 / max(weight, 1e-6)
-        self._tags[flow] = tag
+        step = 1.0 / max(weight, 1e-6)
+        last = self._tags.get(flow)
+        tag = (self._now if last is None else max(self._now - CREDIT * step, last[0])) + step
+        self._tags[flow] = (tag, CREDIT * step)
         if self.has_room() and not self._waiters:
             self.pending += 1
-            self._now = tag
+            self._now = max(self._now, tag)
             return
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (tag, next(self._arrival), place)
@@ -93,8 +99,8 @@ class WaitingRoom:
                 self.pending += 1
                 self._now = max(self._now, tag)
                 place.set_result(None)
-        if len(self._tags) > 2 * len(self._waiters) + 64:  # flows gone quiet start afresh at the clock
-            self._tags = {flow: tag for flow, tag in self._tags.items() if tag > self._now}
+        if len(self._tags) > 2 * len(self._waiters) + 64:  # flows quiet for long start afresh at the clock
+            self._tags = {flow: last for flow, last in self._tags.items() if last[0] > self._now - last[1]}
 
 
 class CampaignWindow:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Callable
 
 from sender.backoff import Backoff
 from sender.campaign_lease import RENEW_AFTER, CampaignLease
@@ -70,6 +71,14 @@ class CampaignRunner:
     @property
     def rate(self) -> float:
         return self.window.rate if self.window is not None else self.ctx.rate.cap
+
+    @property
+    def weight(self) -> float:
+        """This campaign's claim on the account's places: its own rate, or without one an equal share
+        of the cap (so a campaign at 10/s next to a hundred without a rate still gets about 10/s)."""
+        if self.window is not None:
+            return self.window.rate
+        return self.ctx.rate.cap / max(1, self.ctx.campaigns_sending)
 
     @property
     def batch_size(self) -> int:
@@ -285,22 +294,26 @@ class CampaignRunner:
             self._delivery.start(row, email, self.window)
 
     async def _wait_for_room(self) -> None:
-        """An in-flight slot, and room among the few requests waiting at the wire for a rate slot
-        (so a pause withdraws only those); on cancel, nothing is held."""
+        """Room among the few requests waiting at the wire for a rate slot (so a pause withdraws only
+        those), then an in-flight slot; on cancel, nothing is held.
+
+        The rooms come first: they choose which campaign goes next (fair shares by rate). Taking the
+        in-flight semaphore first let its first-come order decide instead, which shared the cap
+        evenly whatever the rates once every campaign's dispatcher waited on it.
+        """
         ctx = self.ctx
-        await ctx.inflight.acquire()
         window_room = self.window.room if self.window is not None else None
+        taken: list[Callable[[], None]] = []
         try:
             if window_room is not None:
                 await window_room.acquire()
-            try:
-                await ctx.account_budget.room.acquire(self.plan.id, self.rate)  # shares by rate (or evenly)
-            except BaseException:
-                if window_room is not None:
-                    window_room.release()
-                raise
+                taken.append(window_room.release)
+            await ctx.account_budget.room.acquire(self.plan.id, self.weight)
+            taken.append(ctx.account_budget.room.release)
+            await ctx.inflight.acquire()
         except BaseException:
-            ctx.inflight.release()
+            for release in reversed(taken):
+                release()
             raise
 
     def _leave_rooms(self) -> None:

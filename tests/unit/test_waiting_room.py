@@ -67,3 +67,44 @@ async def test_one_flow_is_first_come_first_served() -> None:
     room.release()
     await asyncio.gather(*tasks)
     assert order == list(range(10))
+
+
+async def test_a_campaign_that_asks_again_only_after_its_last_request_passed_keeps_its_share() -> None:
+    """A rated campaign has one request at the wire at a time (its own window): it asks again only
+    after that one passed, three places later. Ten campaigns always waiting at weight 1, it at weight
+    5: it gets a place each time it is back (1 in 4, all its turnaround allows, toward its 5/15), not
+    one per round of the others (1 in 11), as when it lost its turn every time it was away."""
+    room = WaitingRoom(lambda: 1.0, at_least=1)
+    await room.acquire("holder")
+    order: list[str] = []
+    passed = asyncio.Event()  # the rated campaign's last request passed the wire
+
+    async def always(name: str) -> None:
+        while True:
+            await room.acquire(name, 1.0)
+            order.append(name)
+
+    async def rated() -> None:
+        while True:
+            await room.acquire("rated", 5.0)
+            order.append("rated")
+            passed.clear()
+            await passed.wait()
+
+    tasks = [asyncio.create_task(always(f"c{i}")) for i in range(10)] + [asyncio.create_task(rated())]
+    await asyncio.sleep(0)
+    since = 0
+    for _ in range(300):
+        room.release()  # the place passes on ...
+        for _ in range(3):
+            await asyncio.sleep(0)  # ... its new holder records it and queues its next request
+        since = 0 if order[-1] == "rated" else since + 1
+        if since >= 3:
+            passed.set()  # three places after its last one, the rated request has passed the wire
+        for _ in range(3):
+            await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(order) == 300
+    assert order.count("rated") >= 70, Counter(order)  # 75 = one in four; it was 28 without the credit
