@@ -73,18 +73,21 @@ class CampaignRunner:
         return self.window.rate if self.window is not None else self.ctx.rate.cap
 
     @property
+    def equal_share(self) -> float:
+        """The cap divided among the campaigns sending here."""
+        return self.ctx.rate.cap / max(1, self.ctx.campaigns_sending)
+
+    @property
     def weight(self) -> float:
         """This campaign's claim on the account's places: its own rate, or without one an equal share
         of the cap (so a campaign at 10/s next to a hundred without a rate still gets about 10/s)."""
-        if self.window is not None:
-            return self.window.rate
-        return self.ctx.rate.cap / max(1, self.ctx.campaigns_sending)
+        return self.window.rate if self.window is not None else self.equal_share
 
     @property
     def batch_size(self) -> int:
         """About two seconds of this campaign's share of sending (its rate, or an equal share of the
         cap): short enough that contact status read at claim time is fresh however many campaigns send."""
-        share = min(self.rate, self.ctx.rate.cap / max(1, self.ctx.campaigns_sending))
+        share = min(self.rate, self.equal_share)
         return max(1, min(self.ctx.settings.claim_batch, math.ceil(share * 2)))
 
     def set_rate(self, rate: float | None) -> None:

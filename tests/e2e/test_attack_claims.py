@@ -7,8 +7,10 @@ ends sent/failed/skipped, nobody is mailed twice, no row stays `sending`, and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -212,24 +214,33 @@ async def _held_unknowingly(db: asyncpg.Connection, daemon: Daemon) -> set[int]:
     return in_db - daemon.held_ids()
 
 
-async def test_connections_cut_mid_claim_leave_no_row_behind(
-        db: asyncpg.Connection, db_url: str, settings: Settings, fake_ses: FakeSES) -> None:
-    """40 ms each way to PostgreSQL; every open connection is cut just after a claim statement
-    committed, so claim replies are lost. The rows those claims took must come back at once (not
-    after the 60 s lease): every campaign ends sent within 20 s, nobody twice."""
+@contextlib.asynccontextmanager
+async def _claim_reply_about_to_be_lost(db: asyncpg.Connection, db_url: str, settings: Settings,
+                                        fake_ses: FakeSES) -> AsyncIterator[tuple[CuttingProxy, Daemon]]:
+    """20 campaigns of 20 at 50/s, the daemon 40 ms each way from PostgreSQL (lease 60 s), stopped at
+    the moment a claim statement has committed and its reply has not arrived yet."""
     fake_ses.account.max_send_rate = 50.0
     proxy = CuttingProxy(db_url, delay=0.04)
     slow_url = await proxy.start()
-    ids = await _campaigns(db, 20, 20)
     try:
         async with running_daemon(settings.with_overrides(database_url=slow_url, poll_interval=0.05,
                                                           lease_seconds=60)) as daemon:
             await wait_for(lambda: _some_sent(fake_ses, 5), timeout=30)
             await wait_for(lambda: _claim_reply_in_transit(db, daemon), timeout=10, interval=0.002)
-            await proxy.cut()  # the claim committed; its reply is lost
-            await _wait_settled(db, ids, timeout=20)
+            yield proxy, daemon
     finally:
         await proxy.stop()
+
+
+async def test_connections_cut_mid_claim_leave_no_row_behind(
+        db: asyncpg.Connection, db_url: str, settings: Settings, fake_ses: FakeSES) -> None:
+    """40 ms each way to PostgreSQL; every open connection is cut just after a claim statement
+    committed, so claim replies are lost. The rows those claims took must come back at once (not
+    after the 60 s lease): every campaign ends sent within 20 s, nobody twice."""
+    ids = await _campaigns(db, 20, 20)
+    async with _claim_reply_about_to_be_lost(db, db_url, settings, fake_ses) as (proxy, _):
+        await proxy.cut()  # the claim committed; its reply is lost
+        await _wait_settled(db, ids, timeout=20)
     await _sent_rows_match_the_fake(db, fake_ses, ids)
 
 
@@ -238,27 +249,17 @@ async def test_the_database_away_mid_claim_leaves_no_row_sending_until_the_lease
     """The database goes away (connections cut, new ones refused) just after a claim statement
     committed, and is back 1.5 s later. The lost claims' rows cannot be reconciled while it is away
     (release_unknown fails too); they must be once it is back, not 60 s later by the lease."""
-    fake_ses.account.max_send_rate = 50.0
-    proxy = CuttingProxy(db_url, delay=0.04)
-    slow_url = await proxy.start()
     ids = await _campaigns(db, 20, 20)  # 400 rows at 50/s: claims keep taking rows for 8 s
-    unknown: list[int] = []
-    try:
-        async with running_daemon(settings.with_overrides(database_url=slow_url, poll_interval=0.05,
-                                                          lease_seconds=60)) as daemon:
-            await wait_for(lambda: _some_sent(fake_ses, 5), timeout=30)
-            await wait_for(lambda: _claim_reply_in_transit(db, daemon), timeout=10, interval=0.002)
-            await proxy.away()  # the claim committed; its reply is lost
-            await wait_for(lambda: _claims_idle(daemon), timeout=5, interval=0.01)  # the claim failed
-            unknown.append(len(await _held_unknowingly(db, daemon)))
-            await asyncio.sleep(1.5)  # the outage itself, not a synchronisation
-            before = len(fake_ses.messages)
-            await proxy.back()
-            await wait_for(lambda: _some_sent(fake_ses, before + 1), timeout=15)  # sending resumed
-            await _wait_settled(db, ids, timeout=20)
-    finally:
-        await proxy.stop()
-    assert any(unknown), f"no claim reply was lost with rows taken: the attack did not happen {unknown}"
+    async with _claim_reply_about_to_be_lost(db, db_url, settings, fake_ses) as (proxy, daemon):
+        await proxy.away()  # the claim committed; its reply is lost
+        await wait_for(lambda: _claims_idle(daemon), timeout=5, interval=0.01)  # the claim failed
+        unknown = len(await _held_unknowingly(db, daemon))
+        await asyncio.sleep(1.5)  # the outage itself, not a synchronisation
+        before = len(fake_ses.messages)
+        await proxy.back()
+        await wait_for(lambda: _some_sent(fake_ses, before + 1), timeout=15)  # sending resumed
+        await _wait_settled(db, ids, timeout=20)
+    assert unknown, "no claim reply was lost with rows taken: the attack did not happen"
     await _sent_rows_match_the_fake(db, fake_ses, ids)
 
 
