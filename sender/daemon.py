@@ -281,7 +281,7 @@ class Daemon:
         m.instances.set(self.rate.instances)
         m.heartbeat_age.set(max(0.0, min(self.heartbeat.age(), 1e9)))
         m.refresh_operator_gauges(cap=self.rate.cap,
-                                  campaign_rates={c: r.rate for c, r in self.runners.items()},
+                                  campaign_rates={c: r.limit for c, r in self.runners.items()},
                                   buffered=len(self._ctx.buffer) if self._ctx else 0, last_tick=self.last_tick,
                                   db_ok=self.db_ok, account=self.account.info)
 
@@ -297,11 +297,11 @@ class Daemon:
         self.runners[plan.id] = runner
         self.ctx.campaigns_sending = len(self.runners)
         runner.start()
-        log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.rate, 3))
+        log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.limit, 3))
 
     async def stop_runner(self, campaign_id: int, mode: str) -> None:
         """Stop the runner and drop the campaign's metric series; it leaves `runners` only then (what
-        it settled while stopping is counted first), and its lease, if any, is given up last."""
+        it settled while stopping is counted first), and its share of the campaign's rate, if any, is given up last."""
         runner = self.runners.get(campaign_id)
         if runner is not None:
             await runner.stop(mode)
@@ -310,7 +310,7 @@ class Daemon:
             del self.runners[campaign_id]
             self.ctx.campaigns_sending = len(self.runners)
             self.garbage.ended += 1
-            await runner.release_lease()
+            await runner.release_share()
 
     def _budget_counters(self) -> dict[str, BudgetCounters]:
         if self._ctx is None:

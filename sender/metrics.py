@@ -197,10 +197,10 @@ class Metrics:
         self.account_cap = f.gauge("sender_account_rate_cap_per_second",
                                    "Account-wide send cap shared by all instances (SENDER_MAX_RATE or SES MaxSendRate)")
         self.campaign_rate_limit = self.campaign_series.register(
-            f.gauge("sender_campaign_rate_limit_per_second", "This instance's share of each sending campaign's rate "
-                    "(the most recently active campaigns only)", "campaign_id"))
+            f.gauge("sender_campaign_rate_limit_per_second", "Each sending campaign's rate limit: its rate_per_sec "
+                    "or the account cap (the most recently active campaigns only)", "campaign_id"))
         self.campaign_rates_all = f.gauge("sender_campaign_rate_limits_per_second",
-                                          "This instance's shares of every sending campaign's rate, added up")
+                                          "The rate limits of every campaign sending here, added up")
         self.results_buffered = f.gauge("sender_results_buffered", "Outcomes held in memory, not yet written back")
         self.tick_age = f.gauge("sender_tick_age_seconds",
                                 "Seconds since this instance's database loop (its heartbeat) last ran")

@@ -3,8 +3,8 @@
 The one owner of the numbers: `cap` comes from SENDER_MAX_RATE or GetAccount, `sandbox` from
 GetAccount, `instances` from the heartbeat (for display: instances no longer split the cap, they
 share it through sender.shared_rate). The account cap is enforced, paced and cut on throttling in
-sender.shared_rate; a campaign's own rate by CampaignWindow, on the one instance that holds the
-campaign's lease (sender.campaign_lease).
+sender.shared_rate; a campaign's own rate by CampaignWindow, on each instance for its share of the
+rate (sender.campaign_share).
 """
 
 from __future__ import annotations
@@ -104,12 +104,15 @@ class WaitingRoom:
 
 
 class CampaignWindow:
-    """A campaign's rate_per_sec on the instance that holds its lease: sends paced evenly at the rate
-    less the margin (each may go up to a quarter spacing early), and at most floor(rate) in any window
-    of 1 s (plus the margin for arrival jitter); below 1/s, one per 1/rate seconds.
+    """A campaign's rate_per_sec, as far as this instance's share of it goes: at most `units` sends
+    in any window of `period` seconds (plus the margin, for arrival jitter), paced evenly (each may go
+    up to a quarter spacing early).
 
-    Checked at the wire after the account's slot is taken, on the time the request really goes
-    out, so a busy event loop can delay sends but never bunch them over the rate.
+    The rate is cut into `total` units: floor(rate) sends per second, or below 1/s one send per
+    1/rate seconds. Alone, an instance holds them all; with several, each holds its share
+    (sender.campaign_share), so their windows together never hold more than the rate. Checked at the
+    wire after the account's slot is taken, on the time the request really goes out, so a busy
+    event loop can delay sends but never bunch them over the rate.
     """
 
     def __init__(self, rate: float, *, margin: float) -> None:
@@ -117,29 +120,48 @@ class CampaignWindow:
         self._times: deque[float] = deque()
         self._next = 0.0  # the even schedule: the next send is due then
         self.rate = rate
-        self.limit = 1
-        self.span = 1.0
+        self.total = 1
+        self.units = 1
+        self.period = 1.0
         self.set_rate(rate)
-        self.room = WaitingRoom(lambda: self.rate, at_least=1)  # a slow campaign's rows stay fresh
+        self.units = self.total
+        self.room = WaitingRoom(lambda: max(self.share_rate, 1e-3), at_least=1)  # a slow campaign's rows stay fresh
 
     def set_rate(self, rate: float) -> None:
+        """The campaign's rate (its units may shrink with it at once; growth comes with the share)."""
         self.rate = rate = max(rate, 1e-3)
-        if rate >= 1.0:
-            self.limit, self.span = math.floor(rate), 1.0 + self._margin
-        else:
-            self.limit, self.span = 1, (1.0 / rate) * (1.0 + self._margin)
+        self.total, self.period = (math.floor(rate), 1.0) if rate >= 1.0 else (1, 1.0 / rate)
+        self.units = min(self.units, self.total)
+
+    def set_units(self, units: int) -> None:
+        """This instance's share of the units, from sender.campaign_share."""
+        self.units = max(0, min(units, self.total))
+
+    @property
+    def span(self) -> float:
+        """The window the units are counted in: the period and the margin."""
+        return self.period * (1.0 + self._margin)
+
+    @property
+    def share_rate(self) -> float:
+        """What this instance may send of the campaign, per second."""
+        return self.units / self.period
 
     def free_in(self, now: float) -> float:
         """Seconds until one more send fits (0: now)."""
-        while self._times and now - self._times[0] >= self.span:
+        if self.units < 1:
+            return self.period  # no share here (for now): look again later
+        span = self.span
+        while self._times and now - self._times[0] >= span:
             self._times.popleft()
         paced = max(0.0, self._next - 0.25 * self._spacing() - now)
-        if len(self._times) < self.limit:
+        if len(self._times) < self.units:
             return paced
-        return max(paced, self._times[-self.limit] + self.span - now + 0.0005)
+        return max(paced, self._times[-self.units] + span - now + 0.0005)
 
-    def try_admit(self) -> bool:
-        now = time.monotonic()
+    def try_admit(self, now: float | None = None) -> bool:
+        """Count one send now if it fits (`now`: time.monotonic(), unless given)."""
+        now = time.monotonic() if now is None else now
         if self.free_in(now) > 0:
             return False
         self._times.append(now)
@@ -147,4 +169,4 @@ class CampaignWindow:
         return True
 
     def _spacing(self) -> float:
-        return 1.0 / (self.rate * (1 - self._margin))
+        return self.period / (max(self.units, 1) * (1 - self._margin))

@@ -4,8 +4,8 @@ A claimer keeps a small local queue filled from the database; a dispatcher takes
 settles the ones that must not be sent (skipped, invalid, unrenderable) without using a rate
 slot, and spawns a Delivery for each ready one while there is room among the few requests
 waiting at the wire for an account slot (sender.shared_rate). Campaigns get those places in
-proportion to their rate_per_sec (the cap when null: evenly), never more than their own rate (a
-rated campaign is sent by the one instance holding its lease, sender.campaign_lease), and what one
+proportion to their rate_per_sec (the cap when null: evenly), never more than their own rate (of
+which each instance sending the campaign holds a share, sender.campaign_share), and what one
 cannot use goes to the others. No database lock is held while
 SES is called.
 """
@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 
 from sender.backoff import Backoff
-from sender.campaign_lease import RENEW_AFTER, CampaignLease
+from sender.campaign_share import RENEW_AFTER, CampaignShare
 from sender.campaigns import CampaignPlan
 from sender.db import DB_ERRORS, db_error_text
 from sender.delivery import Delivery, SendContext
@@ -38,9 +38,10 @@ class CampaignRunner:
         self.plan = plan
         self.ctx = ctx
         self.window: CampaignWindow | None = None  # the campaign's own rate, when it has one
-        self.lease: CampaignLease | None = None  # ... which only the lease holder may send at
-        self._lease_ok = asyncio.Event()
-        self._rated = asyncio.Event()  # set while the campaign has a rate (and so a lease) of its own
+        self.share: CampaignShare | None = None  # ... of which this instance holds a share
+        self._share_ok = asyncio.Event()  # set while this instance may send the campaign
+        self._rated = asyncio.Event()  # set while the campaign has a rate (and so a share) of its own
+        self._renew_now = asyncio.Event()  # what the campaign wants of its share changed
         self.queue: deque[Claimed] = deque()
         self.cursor = 0
         self.stopping: str | None = None
@@ -51,6 +52,7 @@ class CampaignRunner:
         self._check_due = False  # claim rows that came back, when the tick says some are due
         self._sweep = False  # the next fresh claim also looks behind the cursor (see _claim)
         self._exhausted = False  # the last claim found all there was: wait for news from the tick
+        self._probing = False  # looking again after running out: one unit of the rate is enough
         self._news = asyncio.Event()  # the tick's news: rows due again, materialisation finished
         self.materialised = False  # all recipients exist (the tick says so): nothing new will appear
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,8 +71,14 @@ class CampaignRunner:
         return len(self.queue) + (self._in_hand is not None)
 
     @property
-    def rate(self) -> float:
+    def limit(self) -> float:
+        """The campaign's rate limit across every instance: its own rate, or the account cap."""
         return self.window.rate if self.window is not None else self.ctx.rate.cap
+
+    @property
+    def rate(self) -> float:
+        """What this instance may send of the campaign per second: its share of the campaign's rate."""
+        return self.window.share_rate if self.window is not None else self.ctx.rate.cap
 
     @property
     def equal_share(self) -> float:
@@ -81,7 +89,7 @@ class CampaignRunner:
     def weight(self) -> float:
         """This campaign's claim on the account's places: its own rate, or without one an equal share
         of the cap (so a campaign at 10/s next to a hundred without a rate still gets about 10/s)."""
-        return self.window.rate if self.window is not None else self.equal_share
+        return max(self.window.share_rate, 1e-3) if self.window is not None else self.equal_share
 
     @property
     def batch_size(self) -> int:
@@ -93,20 +101,23 @@ class CampaignRunner:
     def set_rate(self, rate: float | None) -> None:
         """The campaign's own rate (None: none, it shares the account's cap)."""
         if rate is None:
-            self.window = self.lease = None
-            self._lease_ok.set()
+            self.window = self.share = None
+            self._share_ok.set()
             self._rated.clear()
         elif self.window is None:
             self.window = CampaignWindow(rate, margin=self.ctx.settings.rate_headroom)
-            self.lease = CampaignLease(self.ctx.pool, self.plan.id, self.ctx.settings.instance_id)
-            self._lease_ok.clear()
+            self.window.set_units(0)  # until the database says what our share is
+            self.share = CampaignShare(self.ctx.pool, self.plan.id, self.ctx.settings.instance_id)
+            self._share_ok.clear()
             self._rated.set()
         else:
             self.window.set_rate(rate)
+            self._renew_now.set()
 
     def _withdrawn(self) -> bool:
-        """Requests waiting at the wire go back unsent: the campaign stopped, or its lease was lost."""
-        return self.stopping is not None or (self.lease is not None and not self.lease.held())
+        """Requests waiting at the wire go back unsent: the campaign stopped, or our share of its rate
+        ran out (renewals failing)."""
+        return self.stopping is not None or (self.share is not None and self.share.units() < 1)
 
     def set_materialised(self, done: bool) -> None:
         """The tick's view of the campaign; when materialisation has just finished, look at once."""
@@ -123,7 +134,7 @@ class CampaignRunner:
         self._tasks = [
             asyncio.create_task(self._claimer(), name=f"claim-{self.plan.id}"),
             asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.plan.id}"),
-            asyncio.create_task(self._leaser(), name=f"lease-{self.plan.id}"),
+            asyncio.create_task(self._sharer(), name=f"share-{self.plan.id}"),
         ]
 
     def crashed(self) -> BaseException | None:
@@ -146,34 +157,55 @@ class CampaignRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.release_queued(cancelled=mode == "cancel")
 
-    async def release_lease(self) -> None:
-        """After stopping: let another instance take the campaign at once (else it runs out in 3 s)."""
-        if self.lease is not None:
+    async def release_share(self) -> None:
+        """After stopping: our share of the campaign's rate goes to the others once it has cooled
+        (else our hold runs out by itself within HOLD_SECONDS)."""
+        if self.share is not None and self.window is not None:
             try:
-                await self.lease.release()
+                await self.share.release(self.window.span)
             except DB_ERRORS:
-                pass  # it runs out by itself within LEASE_SECONDS
+                pass
 
-    # -- the campaign's lease (campaigns with a rate of their own) ----------------------------
+    # -- the campaign's rate, shared with the other instances sending it -------------------------
 
-    async def _leaser(self) -> None:
-        """Take and renew the lease every RENEW_AFTER; without it, hand back what is queued."""
+    def _want(self) -> int:
+        """The units of the campaign's rate this instance asks for: all of them while it has rows to
+        send (the database splits them evenly), one while it looks again after running out, none
+        once it has run out."""
+        if self.window is None or self.stopping is not None or not self.ctx.account.gate.is_open:
+            return 0
+        if self._exhausted and not self.ready() and not self.window.room.pending:
+            return 0  # nothing left here, none of it still waiting at the wire
+        return 1 if self._probing else self.window.total
+
+    async def _sharer(self) -> None:
+        """Renew our share every RENEW_AFTER, or at once when what we want changed or we just gave
+        units up (saying so at once lets them cool and go to the others sooner); without a share,
+        hand back what is queued."""
         while True:
-            lease = self.lease
-            if lease is None:  # no rate of its own: nothing to renew until it gets one
+            share, window = self.share, self.window
+            if share is None or window is None:  # no rate of its own: nothing to share until it gets one
                 await self._rated.wait()
                 continue
+            self._renew_now.clear()
+            before = share.units()
             try:
-                held = await lease.hold()
+                units = await share.renew(window.total, self._want(), window.span)
             except DB_ERRORS as exc:
-                log.warning("campaign_lease_failed", campaign_id=self.plan.id, error=db_error_text(exc))
-                held = lease.held()
-            if held:
-                self._lease_ok.set()
+                log.warning("campaign_share_failed", campaign_id=self.plan.id, error=db_error_text(exc))
+                units = share.units()
+            window.set_units(units)
+            if units > 0:
+                self._share_ok.set()
             else:
-                self._lease_ok.clear()
+                self._share_ok.clear()
                 self.release_queued()
-            await asyncio.sleep(RENEW_AFTER)
+            if units < before:
+                continue  # confirm the smaller share straight away
+            try:
+                await asyncio.wait_for(self._renew_now.wait(), RENEW_AFTER)
+            except TimeoutError:
+                pass
 
     def release_queued(self, *, cancelled: bool = False) -> int:
         count = 0
@@ -196,16 +228,16 @@ class CampaignRunner:
         backoff = Backoff(initial=0.1, cap=1.0)
         while True:
             await self.ctx.account.gate.wait_open()
-            await self._lease_ok.wait()
-            if self._exhausted:
+            if self._exhausted:  # before waiting for a share: we gave ours up when we ran out
                 try:
                     # chunks are still arriving while it materialises: look every poll interval
                     polls = EXHAUSTED_POLLS if self.materialised else 1
                     await asyncio.wait_for(self._news.wait(), self.ctx.settings.poll_interval * polls)
                 except TimeoutError:
                     self._check_due = self._sweep = True  # rows the main app added, or ones behind the cursor
-                self._exhausted = False
+                self._set_exhausted(False)
                 continue
+            await self._share_ok.wait()
             if len(self.queue) >= self.batch_size:
                 self._wants_rows.clear()
                 await self._wants_rows.wait()
@@ -218,11 +250,22 @@ class CampaignRunner:
                 continue
             backoff.reset()
             if asked and (claimed == 0 or (claimed < asked and self.materialised)):
-                self._exhausted = True  # nothing more to claim until the tick says otherwise
+                self._set_exhausted(True)  # nothing more to claim until the tick says otherwise
+            elif claimed and self._probing:
+                self._probing = False  # rows after all: ask for a full share again
+                self._renew_now.set()
+
+    def _set_exhausted(self, exhausted: bool) -> None:
+        """Ran out (give our share of the rate up once the queue is sent), or looking again (probing
+        with one unit of it)."""
+        self._exhausted = exhausted
+        self._probing = not exhausted
+        if self.window is not None:
+            self._renew_now.set()
 
     def _wanted(self) -> int:
         """Rows to top the queue up to a batch, asked when the claim statement is built."""
-        if self.stopping is not None or not self.ctx.account.gate.is_open or not self._lease_ok.is_set():
+        if self.stopping is not None or not self.ctx.account.gate.is_open or not self._share_ok.is_set():
             return 0
         return max(0, self.batch_size - len(self.queue))
 
@@ -262,8 +305,10 @@ class CampaignRunner:
         ctx = self.ctx
         while True:
             await ctx.account.gate.wait_open()
-            await self._lease_ok.wait()
+            await self._share_ok.wait()
             if not self.queue:
+                if self._exhausted and self.window is not None:
+                    self._renew_now.set()  # the last row went: give our share up
                 self._has_rows.clear()
                 self._wants_rows.set()
                 ctx.claims.hurry()

@@ -70,17 +70,16 @@ SELECT id, send_rate, campaigns FROM sender_instances
  WHERE heartbeat_at > now() - make_interval(secs => $1)
  ORDER BY id
 
--- campaign_lease_take --
--- Take or renew campaign $1's lease for instance $2 for $3 s; returns the holder (us, or the
--- instance that still holds it).
-INSERT INTO sender_campaign_leases AS l (campaign_id, instance_id, held_until)
-VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))
-ON CONFLICT (campaign_id) DO UPDATE SET instance_id = EXCLUDED.instance_id, held_until = EXCLUDED.held_until
- WHERE l.instance_id = EXCLUDED.instance_id OR l.held_until < clock_timestamp()
-RETURNING instance_id
+-- campaign_share --
+-- Renew instance $2's share of campaign $1's rate ($3 units; it enforces $4 and wants $5) for $6 s;
+-- units given up cool for $7 s. Returns the units it may use now (migration 0006).
+SELECT sender_campaign_share($1, $2, $3, $4, $5, $6, $7)
 
--- campaign_lease_release --
-DELETE FROM sender_campaign_leases WHERE campaign_id = $1 AND instance_id = $2
+-- campaign_shares_forget --
+-- After an instance gave a campaign up: rows long out of use, of any campaign, go.
+DELETE FROM sender_campaign_shares
+ WHERE held_until < now() - interval '10 minutes'
+   AND (cooling_until IS NULL OR cooling_until < now() - interval '10 minutes')
 
 -- account_hold_set --
 UPDATE sender_account_hold SET reason = $1, code = $2, since = now(), set_by = $3

@@ -156,3 +156,31 @@ async def test_join_and_kill_keep_the_cap_and_lose_nothing(db: asyncpg.Connectio
     assert {a for a, n in per_address.items() if n > 1} <= held, "only sends in flight at the kill may repeat"
     assert fake_ses.max_in_any_window() <= cap
     assert fake_ses.throttled_count() == 0
+
+
+async def test_a_rated_campaign_is_shared_by_every_instance_and_its_rate_holds_through_a_kill(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES) -> None:
+    """A campaign's own rate is a budget every instance sending it shares (sender.campaign_share):
+    three instances send it at once, no one-second window holds more than its rate, and when one
+    is killed the others take its share over (after its hold and a window) and lose nothing."""
+    rate = 12
+    fake_ses.account.max_send_rate = 200
+    fake_ses.latency = 0.05
+    campaign = await _campaign(db, 150, rate=rate)
+    async with instances(settings, 3, **FAST_TAKEOVER_ENV) as procs:
+        await wait_for(lambda: _live(db, 3), timeout=60)
+        await _queue(db, campaign)
+        await wait_for(lambda: _sending_instances(db, campaign, 3), timeout=60)
+        holders = await db.fetch("SELECT instance_id, units FROM sender_campaign_shares WHERE campaign_id = $1"
+                                 " AND units > 0", campaign)
+        assert sum(r["units"] for r in holders) <= rate
+        procs[0].send_signal(signal.SIGKILL)
+        await asyncio.wait_for(procs[0].wait(), 10)
+        held = {r["email"] for r in await db.fetch(
+            "SELECT email FROM campaign_recipients WHERE status = 'sending' AND claimed_by = 'node-0'")}
+        await wait_for(lambda: _sent(db, campaign), timeout=120)
+    assert await recipient_counts(db, campaign) == {"sent": 150}
+    per_address = Counter(m.to[0] for m in fake_ses.messages)
+    assert len(per_address) == 150, "nothing lost"
+    assert {a for a, n in per_address.items() if n > 1} <= held, "only sends in flight at the kill may repeat"
+    assert fake_ses.max_in_any_window() <= rate, "the campaign's rate held across instances, by arrival time"

@@ -1,0 +1,38 @@
+"""CampaignWindow: a campaign's rate cut into units, of which this instance enforces its share."""
+
+from __future__ import annotations
+
+import pytest
+
+from sender.ratelimit import CampaignWindow
+
+
+@pytest.mark.parametrize(("rate", "total", "period"), [(10.0, 10, 1.0), (2.5, 2, 1.0), (1.0, 1, 1.0), (0.25, 1, 4.0)])
+def test_a_rate_is_cut_into_whole_sends_per_period(rate: float, total: int, period: float) -> None:
+    window = CampaignWindow(rate, margin=0.025)
+    assert (window.total, window.period) == (total, period)
+    assert window.units == total, "alone, an instance holds every unit"
+    assert window.span == pytest.approx(period * 1.025)
+
+
+def test_a_share_admits_only_its_units_in_any_window() -> None:
+    window = CampaignWindow(10.0, margin=0.025)
+    window.set_units(3)
+    assert window.share_rate == 3.0
+    admitted, now = [], 100.0
+    for step in range(400):  # 4 s, asking every 10 ms, on the window's own clock
+        now = 100.0 + step * 0.01
+        if window.try_admit(now):
+            admitted.append(now)
+    assert all(sum(1 for t in admitted if start <= t < start + 1.0) <= 3 for start in admitted)
+    assert len(admitted) >= 11, "and does use them: about 3 a second"
+
+
+def test_no_share_admits_nothing_and_a_lower_rate_shrinks_the_share_at_once() -> None:
+    window = CampaignWindow(10.0, margin=0.025)
+    window.set_units(0)
+    assert window.free_in(0.0) == window.period
+    window.set_units(50)
+    assert window.units == 10, "never more than the rate's units"
+    window.set_rate(4.0)
+    assert (window.total, window.units) == (4, 4)
