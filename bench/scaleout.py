@@ -7,8 +7,10 @@ out), one-second windows over the cap and 429s, all by arrival time at the fake 
 process, strict sliding-window quota, 20 ms ± 5 ms latency); and the database cost of
 coordination per instance: grants per second, and transactions per 1,000 sends (everything the
 instances commit: grants, claims, write-backs, heartbeats, ticks). Then the 1/s sandbox cap with
-3 instances; a join at +3 s and a kill -9 at +6 s; and uncapped throughput of 2 instances
-against 1 on this machine.
+3 instances; a join at +3 s and a kill -9 at +6 s; uncapped throughput of 2 instances
+against 1 on this machine; and a campaign with its own rate_per_sec (shared by every instance
+sending it, sender.campaign_share): 100/s under a 300/s cap with 1, 2 and 3 instances (aggregate
+against the campaign's rate, windows over it), and 800/s with no account cap, 2 instances against 1.
 """
 
 from __future__ import annotations
@@ -105,12 +107,13 @@ async def db_counters(conn: asyncpg.Connection) -> tuple[int, int]:
 
 
 async def one(dsn: str, cap: float, count: int, seconds: float, *, kill: bool = False,
-              uncapped: bool = False) -> dict[str, Any]:
-    messages = max(8, int(cap * seconds))
+              uncapped: bool = False, campaign_rate: float | None = None) -> dict[str, Any]:
+    limit = min(cap, campaign_rate) if campaign_rate else cap  # what the campaign may send
+    messages = max(8, int(limit * seconds))
     async with fake_ses_process(rate=cap, latency=0.02, jitter=0.005, enforce=not uncapped, lean=True) as fake:
         await fresh_schema(dsn)
         conn = await connect(dsn)
-        campaign = await seed_campaign(conn, messages, status="draft")
+        campaign = await seed_campaign(conn, messages, status="draft", rate=campaign_rate)
         extra = {"SENDER_MAX_RATE": str(cap)} if uncapped else {}
         if kill:  # rows of the killed instance come back after 3 s
             extra |= {"SENDER_SEND_TIMEOUT": "2", "SENDER_HEARTBEAT_INTERVAL": "0.2",
@@ -143,9 +146,10 @@ async def one(dsn: str, cap: float, count: int, seconds: float, *, kill: bool = 
     rate = steady_rate(times)
     sends = len(times)
     return {
-        "cap": cap, "instances": count + (1 if kill else 0), "messages": messages, "accepted": sends,
-        "aggregate_rate": round(rate, 2), "aggregate_over_cap": round(rate / cap, 4) if not uncapped else None,
-        "max_in_any_1s_window": max_in_window(times), "windows_over_cap": int(max_in_window(times) > cap),
+        "cap": cap, "campaign_rate": campaign_rate, "instances": count + (1 if kill else 0), "messages": messages,
+        "accepted": sends, "aggregate_rate": round(rate, 2),
+        "aggregate_over_cap": round(rate / limit, 4) if not uncapped or campaign_rate else None,
+        "max_in_any_1s_window": max_in_window(times), "windows_over_cap": int(max_in_window(times) > limit),
         "throttled": throttled, "lost": messages - min(sent_rows, distinct), "resent": sends - distinct,
         "grants_per_second_per_instance": round((grants1 - grants0) / elapsed / count, 2),
         "db_transactions_per_1000_sends": round((commits1 - commits0) / sends * 1000, 1),
@@ -174,11 +178,15 @@ async def main(args: argparse.Namespace) -> None:
         "runs": []}
     with postgres() as dsn:
         await one(dsn, 100, 1, 2)  # warm-up: PostgreSQL's caches, the daemons' first imports
-        runs = [(cap, n) for cap in args.caps for n in args.instances] + [(1.0, 3)]
+        runs = [] if args.rated_only else [(cap, n) for cap in args.caps for n in args.instances] + [(1.0, 3)]
         for cap, n in runs:
             row = await one(dsn, cap, n, args.seconds if cap > 1 else 8)
             results["runs"].append(row)
             print(line(row), flush=True)
+        if args.rated_only:
+            await rated(dsn, args, results)
+            report("scaleout-rated", results)
+            return
         row = await one(dsn, 100, 2, 12, kill=True)
         results["join_and_kill"] = row
         print(f"# join +3 s, kill -9 +6 s at cap 100: max window {row['max_in_any_1s_window']}, "
@@ -190,7 +198,25 @@ async def main(args: argparse.Namespace) -> None:
                                "ratio": round(uncapped[1]["aggregate_rate"] / uncapped[0]["aggregate_rate"], 2)}
         print(f"# uncapped: 1 instance {uncapped[0]['aggregate_rate']}/s, 2 instances "
               f"{uncapped[1]['aggregate_rate']}/s, ratio {results['uncapped']['ratio']}", flush=True)
+        await rated(dsn, args, results)
     report("scaleout", results)
+
+
+async def rated(dsn: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """A campaign with its own rate: shared by every instance sending it, never over it in any window."""
+    results["campaign_rate"] = []
+    for n in args.instances:
+        row = await one(dsn, 300, n, args.seconds, campaign_rate=100)
+        results["campaign_rate"].append(row)
+        print(f"# campaign at 100/s, cap 300/s, {n} instance(s): {row['aggregate_rate']}/s "
+              f"({row['aggregate_over_cap']} of its rate), max window {row['max_in_any_1s_window']}, "
+              f"429s {row['throttled']}, txn/1000 sends {row['db_transactions_per_1000_sends']}", flush=True)
+    fast = [await one(dsn, 5000, n, 2, uncapped=True, campaign_rate=800) for n in (1, 2)]
+    results["campaign_rate_uncapped"] = {
+        "one": fast[0], "two": fast[1], "ratio": round(fast[1]["aggregate_rate"] / fast[0]["aggregate_rate"], 2)}
+    print(f"# campaign at 800/s, no account cap: 1 instance {fast[0]['aggregate_rate']}/s, 2 instances "
+          f"{fast[1]['aggregate_rate']}/s (max window {fast[1]['max_in_any_1s_window']}), "
+          f"ratio {results['campaign_rate_uncapped']['ratio']}", flush=True)
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -198,6 +224,7 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--caps", type=float, nargs="+", default=[14, 100, 300])
     p.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--rated-only", action="store_true", help="only the campaign with its own rate")
     asyncio.run(main(p.parse_args(argv)))
 
 

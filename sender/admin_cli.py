@@ -54,7 +54,7 @@ async def _status(conn: asyncpg.Connection, args: argparse.Namespace, out: TextI
             return 1
         progress = [progress_from(row)]
         events = await deliverability_by_campaign(conn, [args.id])  # deliverability (issue 11)
-        senders = [i for i in await _instances(conn) if args.id in i["campaigns"]]
+        senders = await _senders(conn, args.id)
         if args.json:
             out.write(json.dumps([{**asdict(p), **events.get(p.id, {}), "instances": senders}
                                   for p in progress]) + "\n")
@@ -117,10 +117,20 @@ def _instances_text(instances: list[dict[str, Any]]) -> str:
     return f"instances: {len(instances)} live, {total:.1f}/s together: {each}"
 
 
+async def _senders(conn: asyncpg.Connection, campaign_id: int) -> list[dict[str, Any]]:
+    """The live instances sending the campaign, with their share of its own rate when it has one
+    (`rate_units`: whole sends per window, sender.campaign_share)."""
+    units = {r["instance_id"]: int(r["units"]) for r in await conn.fetch(QUERIES["campaign_shares_held"], campaign_id)}
+    senders = [i for i in await _instances(conn) if campaign_id in i["campaigns"]]
+    return [{**i, "rate_units": units[i["id"]]} if i["id"] in units else i for i in senders]
+
+
 def _senders_text(senders: list[dict[str, Any]]) -> str:
     if not senders:
         return ""
-    return "\n  sending from: " + ", ".join(f"{i['id']} ({i['send_rate']:.1f}/s)" for i in senders)
+    return "\n  sending from: " + ", ".join(
+        f"{i['id']} ({i['send_rate']:.1f}/s" + (f", {i['rate_units']} units of its rate" if "rate_units" in i else "")
+        + ")" for i in senders)
 
 
 def _summary(by_status: dict[str, dict[str, Any]]) -> dict[str, Any]:

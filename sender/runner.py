@@ -52,6 +52,7 @@ class CampaignRunner:
         self._check_due = False  # claim rows that came back, when the tick says some are due
         self._sweep = False  # the next fresh claim also looks behind the cursor (see _claim)
         self._exhausted = False  # the last claim found all there was: wait for news from the tick
+        self._ran_out = False  # exhausted with every recipient there: our share of its rate can go
         self._probing = False  # looking again after running out: one unit of the rate is enough
         self._news = asyncio.Event()  # the tick's news: rows due again, materialisation finished
         self.materialised = False  # all recipients exist (the tick says so): nothing new will appear
@@ -170,13 +171,16 @@ class CampaignRunner:
 
     def _want(self) -> int:
         """The units of the campaign's rate this instance asks for: all of them while it has rows to
-        send (the database splits them evenly), one while it looks again after running out, none
-        once it has run out."""
-        if self.window is None or self.stopping is not None or not self.ctx.account.gate.is_open:
+        send or more may come (the database splits them evenly); once it has run out of a campaign
+        that has all its recipients, none, and one while it looks again (what it holds, if more)."""
+        window = self.window
+        if window is None or self.stopping is not None or not self.ctx.account.gate.is_open:
             return 0
-        if self._exhausted and not self.ready() and not self.window.room.pending:
-            return 0  # nothing left here, none of it still waiting at the wire
-        return 1 if self._probing else self.window.total
+        if self.ready() or window.room.pending or not (self._ran_out or self._probing):
+            return window.total  # rows at hand (or waiting at the wire), or more may come
+        if self._ran_out:
+            return 0
+        return max(1, self.share.units()) if self.share is not None else 1
 
     async def _sharer(self) -> None:
         """Renew our share every RENEW_AFTER, or at once when what we want changed or we just gave
@@ -187,10 +191,9 @@ class CampaignRunner:
             if share is None or window is None:  # no rate of its own: nothing to share until it gets one
                 await self._rated.wait()
                 continue
-            self._renew_now.clear()
-            before = share.units()
+            before, want = share.units(), self._want()
             try:
-                units = await share.renew(window.total, self._want(), window.span)
+                units = await share.renew(window.total, want, window.span)
             except DB_ERRORS as exc:
                 log.warning("campaign_share_failed", campaign_id=self.plan.id, error=db_error_text(exc))
                 units = share.units()
@@ -202,10 +205,20 @@ class CampaignRunner:
                 self.release_queued()
             if units < before:
                 continue  # confirm the smaller share straight away
+            await self._until_renewal_due(want)
+
+    async def _until_renewal_due(self, want: int) -> None:
+        """Wait RENEW_AFTER, or less if what we want changes meanwhile."""
+        deadline = asyncio.get_running_loop().time() + RENEW_AFTER
+        while True:
+            self._renew_now.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or self._want() != want:
+                return
             try:
-                await asyncio.wait_for(self._renew_now.wait(), RENEW_AFTER)
+                await asyncio.wait_for(self._renew_now.wait(), left)
             except TimeoutError:
-                pass
+                return
 
     def release_queued(self, *, cancelled: bool = False) -> int:
         count = 0
@@ -242,6 +255,7 @@ class CampaignRunner:
                 self._wants_rows.clear()
                 await self._wants_rows.wait()
                 continue
+            materialised = self.materialised  # before the claim: every recipient was there to find
             try:
                 asked, claimed = await self._claim()
             except DB_ERRORS as exc:
@@ -250,16 +264,18 @@ class CampaignRunner:
                 continue
             backoff.reset()
             if asked and (claimed == 0 or (claimed < asked and self.materialised)):
-                self._set_exhausted(True)  # nothing more to claim until the tick says otherwise
+                self._set_exhausted(True, ran_out=materialised)  # nothing more to claim until the tick says so
             elif claimed and self._probing:
                 self._probing = False  # rows after all: ask for a full share again
                 self._renew_now.set()
 
-    def _set_exhausted(self, exhausted: bool) -> None:
-        """Ran out (give our share of the rate up once the queue is sent), or looking again (probing
-        with one unit of it)."""
+    def _set_exhausted(self, exhausted: bool, *, ran_out: bool = False) -> None:
+        """Nothing to claim for now; when every recipient was there to find, we ran out, and our share
+        of the campaign's rate goes once the queue is sent. Looking again after that, we probe with
+        one unit of it."""
+        self._probing = not exhausted and self._ran_out
         self._exhausted = exhausted
-        self._probing = not exhausted
+        self._ran_out = exhausted and ran_out
         if self.window is not None:
             self._renew_now.set()
 
@@ -307,7 +323,7 @@ class CampaignRunner:
             await ctx.account.gate.wait_open()
             await self._share_ok.wait()
             if not self.queue:
-                if self._exhausted and self.window is not None:
+                if self._ran_out and self.window is not None:
                     self._renew_now.set()  # the last row went: give our share up
                 self._has_rows.clear()
                 self._wants_rows.set()

@@ -14,9 +14,10 @@ that finds the first slot stale simply takes the next one, so a busy event loop 
 a pile-up. The dispatcher keeps only a few requests waiting there (`room`), so a pause or a stop
 withdraws the rest unsent.
 
-A campaign with rate_per_sec is sent by one instance at a time (sender.campaign_lease): after
-the account's slot, its request must also fit the campaign's window (ratelimit.CampaignWindow),
-or it hands the slot to the next request and waits for the window.
+A campaign with rate_per_sec is a budget of its own, of which each instance holds a share
+(sender.campaign_share): after the account's slot, its request must also fit the campaign's window
+for this instance's share (ratelimit.CampaignWindow), or it hands the slot to the next request and
+waits for the window.
 
 Cost: one grant per GRANT_SECONDS of sending at most (fewer when others share the budget), and
 the same round trip for 1 or 50 tokens.

@@ -75,6 +75,12 @@ SELECT id, send_rate, campaigns FROM sender_instances
 -- units given up cool for $7 s. Returns the units it may use now (migration 0006).
 SELECT sender_campaign_share($1, $2, $3, $4, $5, $6, $7)
 
+-- campaign_shares_held --
+-- Who holds units of campaign $1's rate now (for `sender campaign status`).
+SELECT instance_id, units FROM sender_campaign_shares
+ WHERE campaign_id = $1 AND held_until > now() AND units > 0
+ ORDER BY instance_id
+
 -- campaign_shares_forget --
 -- After an instance gave a campaign up: rows long out of use, of any campaign, go.
 DELETE FROM sender_campaign_shares

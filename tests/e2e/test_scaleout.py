@@ -171,9 +171,11 @@ async def test_a_rated_campaign_is_shared_by_every_instance_and_its_rate_holds_t
         await wait_for(lambda: _live(db, 3), timeout=60)
         await _queue(db, campaign)
         await wait_for(lambda: _sending_instances(db, campaign, 3), timeout=60)
-        holders = await db.fetch("SELECT instance_id, units FROM sender_campaign_shares WHERE campaign_id = $1"
-                                 " AND units > 0", campaign)
-        assert sum(r["units"] for r in holders) <= rate
+        code, out, _ = await sender_cli(settings.database_url or "", "campaign", "status", str(campaign), "--json")
+        shares = [i.get("rate_units", 0) for i in json.loads(out)[0]["instances"]]
+        assert code == 0 and 0 < sum(shares) <= rate, out
+        code, out, _ = await sender_cli(settings.database_url or "", "campaign", "status", str(campaign))
+        assert "units of its rate" in out, out
         procs[0].send_signal(signal.SIGKILL)
         await asyncio.wait_for(procs[0].wait(), 10)
         held = {r["email"] for r in await db.fetch(
