@@ -8,9 +8,10 @@ the rate's. Instances with rows to send share the units evenly; one that runs ou
 the instance holding a campaign's tail gets the whole rate.
 
 A unit changes hands safely: the giver applies the smaller share at once and says so with its next
-renewal (sent straight away), and only then does the unit cool for one window before anyone else
-may use it. A hold runs out HOLD_SECONDS after the renewal that set it; the instance stops using it
-half a second before, by its own clock, so a dead or cut-off instance's units are never used twice.
+renewal (sent straight away), with how many sends it counted in its last window; the units it used
+there cool for one window before anyone else may use them, the others go at once. A hold runs out
+HOLD_SECONDS after the renewal that set it; the instance stops using it half a second before, by its
+own clock, so a dead or cut-off instance's units are never used twice.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class CampaignShare:
         self.hold = hold
         self.margin = margin
         self._units = 0
+        self.short = False  # we hold less than our fair share: units are cooling for us
         self._until = 0.0  # monotonic: the units are ours (with HOLD_MARGIN to spare) until then
 
     def units(self) -> int:
@@ -47,19 +49,21 @@ class CampaignShare:
         """When, on time.monotonic(), the units in force stop being ours unless renewed."""
         return self._until
 
-    async def renew(self, total: int, want: int, cool: float) -> int:
-        """Say what we enforce and want; the units we may use from now on (we apply them at once)."""
+    async def renew(self, total: int, want: int, cool: float, used: int) -> int:
+        """Say what we enforce, how many sends we counted in our last window (`used`) and what we
+        want; the units we may use from now on (we apply them at once)."""
         sent = time.monotonic()  # the database's hold starts after this
-        units = await self.pool.fetchval(QUERIES["campaign_share"], self.campaign_id, self.instance_id, total,
-                                         self.units(), want, self.hold, cool, timeout=5)
-        self._units = int(units)
+        row = await self.pool.fetchrow(QUERIES["campaign_share"], self.campaign_id, self.instance_id, total,
+                                       self.units(), used, want, self.hold, cool, timeout=5)
+        self._units, self.short = int(row["granted"]), int(row["fair"]) > int(row["granted"])
         self._until = sent + self.hold - self.margin
         return self._units
 
-    async def release(self, cool: float) -> None:
-        """We stopped sending the campaign: our units cool, then go to the others."""
+    async def release(self, cool: float, used: int) -> None:
+        """We stopped sending the campaign: the units we used in our last window cool, then go to
+        the others with the rest."""
         self._units, self._until = 0, 0.0
         async with self.pool.acquire(timeout=5) as conn:
-            await conn.fetchval(QUERIES["campaign_share"], self.campaign_id, self.instance_id, 0, 0, 0,
+            await conn.fetchrow(QUERIES["campaign_share"], self.campaign_id, self.instance_id, 0, 0, used, 0,
                                 self.hold, cool, timeout=5)
             await conn.execute(QUERIES["campaign_shares_forget"], timeout=5)

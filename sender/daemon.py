@@ -318,8 +318,8 @@ class Daemon:
         return {"account": self._ctx.account_budget.counters}
 
     def _ready_rows(self) -> int:
-        """Rows queued to send soon on this instance: what it asks the account budget for."""
-        return sum(runner.ready() for runner in self.runners.values())
+        """Account slots this instance can use soon: what it asks the account budget for."""
+        return sum(runner.slots_wanted() for runner in self.runners.values())
 
     def _report(self) -> tuple[float, list[int]]:
         """This instance's send rate since the last heartbeat, and the campaigns it is sending."""

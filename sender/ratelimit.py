@@ -19,6 +19,9 @@ from collections.abc import Callable, Hashable
 
 WAITING_SECONDS = 0.05  # requests kept waiting at the wire: about 50 ms of sending
 CREDIT = 4  # places a flow that briefly had nothing waiting may catch up on (sender.ratelimit.WaitingRoom)
+RUN_SECONDS = 0.1  # a campaign's window may send this far ahead of its even schedule, or catch up on this
+# much of it after a gap: account slots reach an instance in runs of about this length (its grants) ...
+RUN_SENDS = 4  # ... but never more than this many sends each way: a burst stays within the jitter margin
 
 
 class AccountRate:
@@ -54,9 +57,10 @@ class WaitingRoom:
     plain FIFO.
     """
 
-    def __init__(self, rate: Callable[[], float], *, at_least: int = 2) -> None:
+    def __init__(self, rate: Callable[[], float], *, at_least: int = 2, seconds: float = WAITING_SECONDS) -> None:
         self._rate = rate
         self._at_least = at_least
+        self._seconds = seconds
         self.pending = 0
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []  # a heap by (tag, arrival)
         self._tags: dict[Hashable, tuple[float, float]] = {}  # each flow's last tag, and the lag it may keep
@@ -64,7 +68,7 @@ class WaitingRoom:
         self._arrival = itertools.count()
 
     def has_room(self) -> bool:
-        return self.pending < max(self._at_least, math.ceil(self._rate() * WAITING_SECONDS))
+        return self.pending < max(self._at_least, math.ceil(self._rate() * self._seconds))
 
     async def acquire(self, flow: Hashable = None, weight: float = 1.0) -> None:
         """A place for one more request of `flow`, given by fair share among the flows waiting: a
@@ -105,27 +109,33 @@ class WaitingRoom:
 
 class CampaignWindow:
     """A campaign's rate_per_sec, as far as this instance's share of it goes: at most `units` sends
-    in any window of `period` seconds (plus the margin, for arrival jitter), paced evenly (each may go
-    up to a quarter spacing early).
+    in any window of `period` seconds (plus the margin, for arrival jitter): the guarantee. Within
+    it, sends follow an even schedule, loosely: a send may go up to a run (RUN_SECONDS, at most
+    RUN_SENDS sends) ahead of it, and after a gap the schedule catches up on up to a run. Account
+    slots reach an instance in runs (its grants, between other instances' runs); a strict pace
+    would lose every send that fell outside its own runs. Bursts stay short (2 * RUN_SENDS) so that
+    their spread on the way to SES stays within the margin.
 
     The rate is cut into `total` units: floor(rate) sends per second, or below 1/s one send per
     1/rate seconds. Alone, an instance holds them all; with several, each holds its share
-    (sender.campaign_share), so their windows together never hold more than the rate. Checked at the
-    wire after the account's slot is taken, on the time the request really goes out, so a busy
-    event loop can delay sends but never bunch them over the rate.
+    (sender.campaign_share), so their windows together never hold more than the rate. A request
+    waits for the window to open before it asks for an account slot (so it neither holds nor wastes
+    one meanwhile), then is counted on the time it really goes out, after the slot: a busy event
+    loop can delay sends but never bunch them over the rate.
     """
 
     def __init__(self, rate: float, *, margin: float) -> None:
         self._margin = margin
         self._times: deque[float] = deque()
-        self._next = 0.0  # the even schedule: the next send is due then
+        self._next = -math.inf  # the even schedule: the next send is due then (none yet: now)
         self.rate = rate
         self.total = 1
         self.units = 1
         self.period = 1.0
         self.set_rate(rate)
         self.units = self.total
-        self.room = WaitingRoom(lambda: max(self.share_rate, 1e-3), at_least=1)  # a slow campaign's rows stay fresh
+        # requests past the dispatcher, not yet sent: enough for a run of account slots
+        self.room = WaitingRoom(lambda: max(self.share_rate, 1e-3), at_least=1, seconds=WAITING_SECONDS + RUN_SECONDS)
 
     def set_rate(self, rate: float) -> None:
         """The campaign's rate (its units may shrink with it at once; growth comes with the share)."""
@@ -154,10 +164,26 @@ class CampaignWindow:
         span = self.span
         while self._times and now - self._times[0] >= span:
             self._times.popleft()
-        paced = max(0.0, self._next - 0.25 * self._spacing() - now)
+        paced = max(0.0, self._schedule(now) - self._run() - now)
         if len(self._times) < self.units:
             return paced
         return max(paced, self._times[-self.units] + span - now + 0.0005)
+
+    def used(self, now: float | None = None) -> int:
+        """Sends counted in the window that ends now."""
+        now = time.monotonic() if now is None else now
+        return sum(1 for t in self._times if now - t < self.span)
+
+    async def wait_open(self, give_up: Callable[[], bool]) -> bool:
+        """Until the window would let one more send through (True), or `give_up` says to stop waiting
+        (False; asked on every wake-up, at least every half second)."""
+        while True:
+            wait = self.free_in(time.monotonic())
+            if wait <= 0:
+                return True
+            await asyncio.sleep(min(wait, 0.5))
+            if give_up():
+                return False
 
     def try_admit(self, now: float | None = None) -> bool:
         """Count one send now if it fits (`now`: time.monotonic(), unless given)."""
@@ -165,8 +191,25 @@ class CampaignWindow:
         if self.free_in(now) > 0:
             return False
         self._times.append(now)
-        self._next = max(self._next, now) + self._spacing()
+        self._next = self._schedule(now) + self._spacing()
         return True
+
+    def sendable_within(self, seconds: float, now: float | None = None) -> int:
+        """How many sends the window lets through in the next `seconds`, by its schedule: what to ask
+        account slots for (more would only expire, and keep them from the other instances)."""
+        now = time.monotonic() if now is None else now
+        if self.units < 1:
+            return 0
+        ahead = now + seconds + self._run() - self._schedule(now)
+        return max(0, min(self.units, math.floor(ahead / self._spacing()) + 1))
+
+    def _schedule(self, now: float) -> float:
+        """When the next send is due on the even schedule, no further behind now than a run."""
+        return max(self._next, now - self._run()) if self._next > -math.inf else now
+
+    def _run(self) -> float:
+        """How far a send may go ahead of the schedule, or the schedule catch up after a gap."""
+        return min(RUN_SECONDS, RUN_SENDS * self._spacing())
 
     def _spacing(self) -> float:
         return self.period / (max(self.units, 1) * (1 - self._margin))

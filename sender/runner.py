@@ -18,13 +18,14 @@ from collections import deque
 from collections.abc import Callable
 
 from sender.backoff import Backoff
-from sender.campaign_share import RENEW_AFTER, CampaignShare
+from sender.campaign_share import HOLD_SECONDS, RENEW_AFTER, CampaignShare
 from sender.campaigns import CampaignPlan
 from sender.db import DB_ERRORS, db_error_text
 from sender.delivery import Delivery, SendContext
 from sender.logs import get_logger
 from sender.message import Claimed, Outcome, prepare
 from sender.ratelimit import CampaignWindow
+from sender.shared_rate import GRANT_SECONDS
 
 log = get_logger("sender.runner")
 
@@ -57,6 +58,7 @@ class CampaignRunner:
         self._news = asyncio.Event()  # the tick's news: rows due again, materialisation finished
         self.materialised = False  # all recipients exist (the tick says so): nothing new will appear
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = 0.0  # loop time the runner started
         self._in_hand: Claimed | None = None  # popped by the dispatcher, waiting for a rate slot
         self.set_rate(rate)
 
@@ -68,8 +70,14 @@ class CampaignRunner:
         return ids
 
     def ready(self) -> int:
-        """Rows ready to go soon: what this campaign asks its budgets for."""
+        """Rows ready to go soon."""
         return len(self.queue) + (self._in_hand is not None)
+
+    def slots_wanted(self) -> int:
+        """Account slots this campaign can use in the next grant: its ready rows, no more than its
+        own rate lets through meanwhile."""
+        ready = self.ready()
+        return ready if self.window is None else min(ready, self.window.sendable_within(GRANT_SECONDS))
 
     @property
     def limit(self) -> float:
@@ -132,6 +140,7 @@ class CampaignRunner:
         self._news.set()
 
     def start(self) -> None:
+        self._started = asyncio.get_running_loop().time()
         self._tasks = [
             asyncio.create_task(self._claimer(), name=f"claim-{self.plan.id}"),
             asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.plan.id}"),
@@ -163,7 +172,7 @@ class CampaignRunner:
         (else our hold runs out by itself within HOLD_SECONDS)."""
         if self.share is not None and self.window is not None:
             try:
-                await self.share.release(self.window.span)
+                await self.share.release(self.window.span, self.window.used())
             except DB_ERRORS:
                 pass
 
@@ -193,7 +202,7 @@ class CampaignRunner:
                 continue
             before, want = share.units(), self._want()
             try:
-                units = await share.renew(window.total, want, window.span)
+                units = await share.renew(window.total, want, window.span, window.used())
             except DB_ERRORS as exc:
                 log.warning("campaign_share_failed", campaign_id=self.plan.id, error=db_error_text(exc))
                 units = share.units()
@@ -205,11 +214,14 @@ class CampaignRunner:
                 self.release_queued()
             if units < before:
                 continue  # confirm the smaller share straight away
-            await self._until_renewal_due(want)
+            # sooner while units cool for us, and while the campaign is new here: the other instances
+            # start it at about the same time, and the first one to ask holds every unit until told
+            young = asyncio.get_running_loop().time() - self._started < HOLD_SECONDS
+            await self._until_renewal_due(want, RENEW_AFTER / 4 if share.short or young else RENEW_AFTER)
 
-    async def _until_renewal_due(self, want: int) -> None:
-        """Wait RENEW_AFTER, or less if what we want changes meanwhile."""
-        deadline = asyncio.get_running_loop().time() + RENEW_AFTER
+    async def _until_renewal_due(self, want: int, after: float) -> None:
+        """Wait `after` seconds (sooner while units cool for us), or less if what we want changes."""
+        deadline = asyncio.get_running_loop().time() + after
         while True:
             self._renew_now.clear()
             left = deadline - asyncio.get_running_loop().time()
@@ -349,11 +361,11 @@ class CampaignRunner:
                 raise
             finally:
                 self._in_hand = None
-            if not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at):
+            if not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at) or self._withdrawn():
                 self._leave_rooms()
                 self.queue.appendleft(row)
-                if not ctx.account.gate.is_open:
-                    self.release_queued()  # the account stopped while we waited
+                if not ctx.account.gate.is_open or self._withdrawn():
+                    self.release_queued()  # the account stopped, or we lost our share, while we waited
                 continue
             self._delivery.start(row, email, self.window)
 
@@ -369,9 +381,11 @@ class CampaignRunner:
         window_room = self.window.room if self.window is not None else None
         taken: list[Callable[[], None]] = []
         try:
-            if window_room is not None:
+            if window_room is not None and self.window is not None:
                 await window_room.acquire()
                 taken.append(window_room.release)
+                # a place among the account's requests only then (or the account or our share stopped)
+                await self.window.wait_open(lambda: not ctx.account.gate.is_open or self._withdrawn())
             await ctx.account_budget.room.acquire(self.plan.id, self.weight)
             taken.append(ctx.account_budget.room.release)
             await ctx.inflight.acquire()

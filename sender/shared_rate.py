@@ -147,6 +147,7 @@ class SharedRate:
         self._backoff = Backoff(initial=0.05, cap=1.0)
         self._last_throttle = -math.inf
         self._grant_time = 0.0  # how long a grant takes (pool wait included), smoothed
+        self._asked_at = -math.inf  # when the last grant was asked for
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
@@ -240,8 +241,13 @@ class SharedRate:
             return
         if self._slots and self._slots[-1] - now > max(PREFETCH, 2 * self._grant_time):
             return  # the next grant will be back before these run out
-        if self._slots and self._demand() + max(self.room.pending, self.waiting) <= len(self._slots):
+        wanted = self._demand() + max(self.room.pending, self.waiting) - len(self._slots)
+        if self._slots and wanted <= 0:
             return  # what we hold covers what we have ready
+        if wanted < self.rate * GRANT_SECONDS and now < self._asked_at + GRANT_SECONDS:
+            self._not_before = self._asked_at + GRANT_SECONDS  # a few slots at a time: at most a grant
+            return  # per GRANT_SECONDS (slow campaigns, windows of rated ones), gathering what comes meanwhile
+        self._asked_at = now
         self._fetch = asyncio.create_task(self._grant(), name=f"grant-{self.key}")
 
     async def _grant(self) -> None:
@@ -291,13 +297,15 @@ class WirePass:
     async def spend(self) -> None:
         while True:
             self._check()
+            if self.window is not None:  # before asking for an account slot it could not use
+                await self.window.wait_open(self.withdrawn)
+                self._check()
             slot = await self.account.take(self.withdrawn)
             self._check()
             if self.window is None or self.window.try_admit():
                 self.release()
                 return
-            self.account.give_back(slot)  # the campaign's window is full: the next request may use it
-            await asyncio.sleep(self.window.free_in(time.monotonic()))
+            self.account.give_back(slot)  # another request took the window's room first: pass the slot on
 
     def release(self) -> None:
         """Give back the room the dispatcher reserved (once: after the first spend, or at the end)."""

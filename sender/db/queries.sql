@@ -71,9 +71,10 @@ SELECT id, send_rate, campaigns FROM sender_instances
  ORDER BY id
 
 -- campaign_share --
--- Renew instance $2's share of campaign $1's rate ($3 units; it enforces $4 and wants $5) for $6 s;
--- units given up cool for $7 s. Returns the units it may use now (migration 0006).
-SELECT sender_campaign_share($1, $2, $3, $4, $5, $6, $7)
+-- Renew instance $2's share of campaign $1's rate ($3 units; it enforces $4, counted $5 sends in its
+-- last window, wants $6) for $7 s; units given up cool for $8 s. Returns the units it may use now,
+-- and its fair share (migration 0006).
+SELECT granted, fair FROM sender_campaign_share($1, $2, $3, $4, $5, $6, $7, $8)
 
 -- campaign_shares_held --
 -- Who holds units of campaign $1's rate now (for `sender campaign status`).

@@ -25,8 +25,12 @@ async def campaign(db: asyncpg.Connection) -> int:
 
 
 async def _renew(db: asyncpg.Connection, campaign: int, instance: str, *, enforcing: int, want: int,
-                 total: int = 10) -> int:
-    return int(await db.fetchval(QUERIES["campaign_share"], campaign, instance, total, enforcing, want, 3.0, COOL))
+                 total: int = 10, used: int | None = None) -> int:
+    """One renewal; unless told otherwise, the instance sent all it held in its last window."""
+    used = total if used is None else used
+    row = await db.fetchrow(QUERIES["campaign_share"], campaign, instance, total, enforcing, used, want, 3.0, COOL)
+    assert row["granted"] <= row["fair"] or row["granted"] <= enforcing, "never grown past the fair share"
+    return int(row["granted"])
 
 
 async def _cooled(db: asyncpg.Connection) -> None:
@@ -60,6 +64,20 @@ async def test_a_second_instance_gets_half_only_after_the_first_gave_it_up_and_i
     assert await _renew(db, campaign, "b", enforcing=0, want=10) == 5
     assert await _renew(db, campaign, "a", enforcing=5, want=10) == 5, "and it stays even"
     assert await _accounted(db, campaign) == 10
+
+
+async def test_units_given_up_unused_in_the_last_window_go_at_once(db: asyncpg.Connection, campaign: int) -> None:
+    """A new campaign: the first instance holds every unit but has sent 2 when the second asks."""
+    await _renew(db, campaign, "a", enforcing=0, want=10)
+    assert await _renew(db, campaign, "b", enforcing=0, want=10) == 0
+    assert await _renew(db, campaign, "a", enforcing=10, want=10, used=2) == 5
+    assert await _renew(db, campaign, "a", enforcing=5, want=10, used=3) == 5, "a enforces 5, sent 3"
+    assert await _renew(db, campaign, "b", enforcing=0, want=10) == 5, "none of the 5 was used: no cooling"
+    assert await _accounted(db, campaign) == 10
+    await _renew(db, campaign, "b", enforcing=5, want=0, used=5)
+    assert await _renew(db, campaign, "b", enforcing=0, want=0, used=4) == 0
+    assert await _renew(db, campaign, "a", enforcing=5, want=10) == 6, "b used 4 of its 5: the fifth goes at once"
+    assert await _accounted(db, campaign) == 10, "the 4 cool"
 
 
 async def test_an_instance_that_runs_out_leaves_the_whole_rate_to_the_one_with_the_tail(
@@ -152,6 +170,12 @@ async def test_instances_racing_with_random_wants_and_stalls_never_hold_more_tha
     timelines: dict[str, list[tuple[float, float, int]]] = {}  # (from, to, units) while in force
     rng = random.Random(7)
 
+    def sent_within(spans: list[tuple[float, float, int]], now: float) -> int:
+        """What the instance may have sent in its last window: the most it held there (as the check
+        below assumes)."""
+        held = [units for start, stop, units in spans if stop > now - cool]
+        return max(held, default=0)
+
     async def instance(name: str, pool: asyncpg.Pool) -> None:
         share = CampaignShare(pool, campaign, name, hold=hold, margin=margin)
         spans = timelines.setdefault(name, [])
@@ -159,14 +183,15 @@ async def test_instances_racing_with_random_wants_and_stalls_never_hold_more_tha
         while time.monotonic() < until:
             roll = rng.random()
             if roll < 0.005:
+                used = sent_within(spans, time.monotonic())
                 spans.append((time.monotonic(), 0.0, 0))  # it stops using its units before it says so
-                await share.release(cool)
+                await share.release(cool, used)
             elif roll < 0.01:
                 await asyncio.sleep(rng.uniform(0.1, 0.5))  # stalled: the hold runs out meanwhile
             else:
                 if rng.random() < 0.02:  # it ran out, looks again, finds rows
                     want = rng.choice([0, 1, total])
-                units = await share.renew(total, want, cool)
+                units = await share.renew(total, want, cool, sent_within(spans, time.monotonic()))
                 now = time.monotonic()
                 # in force from now until the next answer or the end of the hold, whichever first
                 spans.append((now, share.valid_until(), units))

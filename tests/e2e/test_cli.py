@@ -59,8 +59,10 @@ async def test_status_shows_counts_rate_and_watch_ends_when_sent(db: asyncpg.Con
     code, out = await run(settings, "campaign", "status", str(campaign), "--json")
     [data] = json.loads(out)
     assert (data["status"], data["sent"], data["total"], data["pending"]) == ("sent", 30, 30, 0)
-    # from sent_at (reply time): reply jitter moves it a little; the cap itself is measured at the fake
-    assert 20 < data["rate"] <= 33
+    # from sent_at (reply time): reply jitter moves it a little, and a campaign may send a few sends
+    # ahead of its even pace (to use runs of account slots); the cap itself is measured at the fake
+    assert 20 < data["rate"] <= 36
+    assert fake_ses.max_in_any_window() <= 30
     code, out = await run(settings, "campaign", "status")
     assert code == 0 and f"#{campaign}" in out
 

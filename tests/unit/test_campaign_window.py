@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sender.ratelimit import CampaignWindow
+from sender.ratelimit import RUN_SENDS, CampaignWindow
 
 
 @pytest.mark.parametrize(("rate", "total", "period"), [(10.0, 10, 1.0), (2.5, 2, 1.0), (1.0, 1, 1.0), (0.25, 1, 4.0)])
@@ -36,3 +36,24 @@ def test_no_share_admits_nothing_and_a_lower_rate_shrinks_the_share_at_once() ->
     assert window.units == 10, "never more than the rate's units"
     window.set_rate(4.0)
     assert (window.total, window.units) == (4, 4)
+
+
+def test_after_a_gap_the_window_catches_up_a_little_and_never_past_its_count() -> None:
+    """Account slots come in runs: the window may send ahead of its pace and catch up after a gap,
+    by a few sends each way, so a run of slots is used; the count per window still holds."""
+    window = CampaignWindow(50.0, margin=0.025)
+    assert window.try_admit(10.0)
+    burst = 0
+    while window.try_admit(11.0):  # one second later, slots arrive at once
+        burst += 1
+    spacing = 1 / (50 * 0.975)
+    assert burst == 2 * RUN_SENDS + 1, "a short burst, no more"
+    assert abs(window.sendable_within(0.1, 11.0) - 0.1 / spacing) <= 1, "what its pace lets through next"
+    assert window.sendable_within(0.1, 11.0) < window.units
+    sends = [10.0] + [11.0] * burst
+    now = 11.0
+    while now < 14.0:  # then it keeps asking every millisecond
+        now += 0.001
+        if window.try_admit(now):
+            sends.append(now)
+    assert max(sum(1 for t in sends if start <= t < start + 1.0) for start in sends) <= 50

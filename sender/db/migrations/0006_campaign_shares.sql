@@ -9,6 +9,8 @@
 -- A unit changes hands only once it has cooled, so no window can see it used twice: its old
 -- holder has confirmed it no longer uses it (or its hold ran out: it stops sending half a second
 -- before), and then one whole window has passed. A dead instance's units are never reused before.
+-- Units its old holder did not use in the last window (it says how many sends it counted there)
+-- need no cooling: no window can see them used twice.
 DROP TABLE sender_campaign_leases;
 
 CREATE TABLE sender_campaign_shares (
@@ -23,11 +25,14 @@ CREATE TABLE sender_campaign_shares (
 );
 
 -- Renew instance p_instance's hold on campaign p_campaign, whose rate has p_total units; it has
--- enforced at most p_enforcing units since its last answer, and wants p_want. Returns the units it
+-- enforced at most p_enforcing units since its last answer, counted p_used sends in its last window,
+-- and wants p_want. Returns the units it
 -- may use from now on, for p_hold seconds. A unit given up, or held by an instance whose hold ran
--- out, is nobody's for p_cool seconds (one window and its margin).
+-- out, is nobody's for p_cool seconds (one window and its margin). Also returns its fair share: while
+-- it holds less, it is waiting for units to cool and asks again sooner.
 CREATE FUNCTION sender_campaign_share(p_campaign bigint, p_instance text, p_total int, p_enforcing int,
-                                      p_want int, p_hold float8, p_cool float8) RETURNS int
+                                      p_used int, p_want int, p_hold float8, p_cool float8)
+RETURNS TABLE (granted int, fair int)
 LANGUAGE plpgsql AS $$
 DECLARE
     t timestamptz;
@@ -38,6 +43,7 @@ DECLARE
     remaining int;
     wanting int;
     target int := 0;
+    fair_share int := 0;
     share int;
     r record;
 BEGIN
@@ -56,9 +62,12 @@ BEGIN
     IF me.cooling_until IS NULL OR me.cooling_until < t THEN
         me.cooling := 0;
     END IF;
-    IF p_enforcing < me.units THEN  -- we gave units up, or our hold ran out: they cool from now
-        me.cooling := me.cooling + me.units - greatest(p_enforcing, 0);
-        me.cooling_until := t + cool;
+    IF p_enforcing < me.units THEN  -- we gave units up, or our hold ran out
+        -- the ones we used in the last window cool from now; the others are free at once
+        IF p_used > p_enforcing THEN
+            me.cooling := me.cooling + least(me.units, p_used) - greatest(p_enforcing, 0);
+            me.cooling_until := t + cool;
+        END IF;
         me.units := greatest(p_enforcing, 0);
     END IF;
 
@@ -89,6 +98,7 @@ BEGIN
         END LOOP;
     END IF;
 
+    fair_share := target;
     IF target > me.units THEN  -- grow by what is free now
         me.units := me.units + least(target - me.units, greatest(free, 0));
         target := me.units;
@@ -99,6 +109,6 @@ BEGIN
        SET units = me.units, wanted = me.wanted, held_until = me.held_until, cooling = me.cooling,
            cooling_until = me.cooling_until
      WHERE campaign_id = p_campaign AND instance_id = p_instance;
-    RETURN target;
+    RETURN QUERY SELECT target, fair_share;
 END
 $$;
