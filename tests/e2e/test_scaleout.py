@@ -79,6 +79,25 @@ async def _queue(db: asyncpg.Connection, campaign: int) -> None:
     await db.execute("UPDATE campaigns SET status = 'queued' WHERE id = $1", campaign)
 
 
+async def _kill_first_and_finish(db: asyncpg.Connection, procs: list[asyncio.subprocess.Process],
+                                 campaign: int) -> set[str]:
+    """kill -9 node-0, then wait for the others to finish the campaign; the addresses it held."""
+    procs[0].send_signal(signal.SIGKILL)
+    await asyncio.wait_for(procs[0].wait(), 10)
+    held = {r["email"] for r in await db.fetch(
+        "SELECT email FROM campaign_recipients WHERE status = 'sending' AND claimed_by = 'node-0'")}
+    await wait_for(lambda: _sent(db, campaign), timeout=120)
+    return held
+
+
+async def _assert_none_lost(db: asyncpg.Connection, fake: FakeSES, campaign: int, recipients: int,
+                            held: set[str]) -> None:
+    assert await recipient_counts(db, campaign) == {"sent": recipients}
+    per_address = Counter(m.to[0] for m in fake.messages)
+    assert len(per_address) == recipients, "nothing lost"
+    assert {a for a, n in per_address.items() if n > 1} <= held, "only sends in flight at the kill may repeat"
+
+
 async def test_three_instances_share_a_strict_cap_exactly(db: asyncpg.Connection, settings: Settings,
                                                           fake_ses: FakeSES) -> None:
     cap = 40
@@ -145,15 +164,8 @@ async def test_join_and_kill_keep_the_cap_and_lose_nothing(db: asyncpg.Connectio
         procs.append(await start_daemon(settings, SENDER_INSTANCE_ID="node-late", **FAST_TAKEOVER_ENV))
         await wait_for(lambda: _live(db, 3), timeout=60)
         await wait_for(lambda: _received(fake_ses, 120), timeout=60)
-        procs[0].send_signal(signal.SIGKILL)
-        await asyncio.wait_for(procs[0].wait(), 10)
-        held = {r["email"] for r in await db.fetch(
-            "SELECT email FROM campaign_recipients WHERE status = 'sending' AND claimed_by = 'node-0'")}
-        await wait_for(lambda: _sent(db, campaign), timeout=120)
-    assert await recipient_counts(db, campaign) == {"sent": 300}
-    per_address = Counter(m.to[0] for m in fake_ses.messages)
-    assert len(per_address) == 300, "nothing lost"
-    assert {a for a, n in per_address.items() if n > 1} <= held, "only sends in flight at the kill may repeat"
+        held = await _kill_first_and_finish(db, procs, campaign)
+    await _assert_none_lost(db, fake_ses, campaign, 300, held)
     assert fake_ses.max_in_any_window() <= cap
     assert fake_ses.throttled_count() == 0
 
@@ -176,13 +188,6 @@ async def test_a_rated_campaign_is_shared_by_every_instance_and_its_rate_holds_t
         assert code == 0 and 0 < sum(shares) <= rate, out
         code, out, _ = await sender_cli(settings.database_url or "", "campaign", "status", str(campaign))
         assert "units of its rate" in out, out
-        procs[0].send_signal(signal.SIGKILL)
-        await asyncio.wait_for(procs[0].wait(), 10)
-        held = {r["email"] for r in await db.fetch(
-            "SELECT email FROM campaign_recipients WHERE status = 'sending' AND claimed_by = 'node-0'")}
-        await wait_for(lambda: _sent(db, campaign), timeout=120)
-    assert await recipient_counts(db, campaign) == {"sent": 150}
-    per_address = Counter(m.to[0] for m in fake_ses.messages)
-    assert len(per_address) == 150, "nothing lost"
-    assert {a for a, n in per_address.items() if n > 1} <= held, "only sends in flight at the kill may repeat"
+        held = await _kill_first_and_finish(db, procs, campaign)
+    await _assert_none_lost(db, fake_ses, campaign, 150, held)
     assert fake_ses.max_in_any_window() <= rate, "the campaign's rate held across instances, by arrival time"
