@@ -167,6 +167,7 @@ class SharedRate:
         self.waiting += 1
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._hand_out(), name=f"slots-{self.key}")
+            self._pump.add_done_callback(self._pump_ended)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -188,6 +189,17 @@ class SharedRate:
                 waiter, _ = self._waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(self._slots.popleft())
+
+    def _pump_ended(self, pump: asyncio.Task[None]) -> None:
+        """The hand-out loop died (a bug, say in a `withdrawn` check): its waiters fail with the error
+        instead of waiting forever; the next take starts a new loop."""
+        if pump.cancelled() or pump.exception() is None:
+            return
+        error = pump.exception()
+        log.error("rate_slots_failed", budget=self.key, error=repr(error))
+        for waiter, _ in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(RuntimeError(f"the {self.key} budget's slot hand-out failed: {error!r}"))
 
     def _sweep(self) -> None:
         """Fail the waiters whose request was withdrawn (its campaign stopped, the account stopped)."""

@@ -154,6 +154,23 @@ async def test_a_request_waiting_at_the_wire_is_withdrawn_when_its_campaign_stop
         await waiting
 
 
+async def test_a_bug_in_the_slot_hand_out_reaches_the_waiting_requests(pools: Pools) -> None:
+    """A `withdrawn` check that raises kills the hand-out loop: the requests waiting on it fail with
+    the error (and go back through the delivery's error path) instead of waiting forever."""
+    pool = await pools()
+    account = SharedRate(pool, ACCOUNT, 1.0, demand=lambda: 1, margin=MARGIN)
+    await WirePass(account).spend()  # the next slot is a second away: the loop sleeps, then sweeps
+
+    def broken() -> bool:
+        raise KeyError("bug")
+
+    waiting = asyncio.create_task(account.take(broken))
+    with pytest.raises(RuntimeError, match="hand-out failed"):
+        await asyncio.wait_for(waiting, 10)
+    assert account.waiting == 0
+    await WirePass(account).spend()  # and the next request starts a new loop
+
+
 async def test_the_dispatcher_keeps_only_a_few_requests_waiting(pools: Pools) -> None:
     pool = await pools()
     account = SharedRate(pool, ACCOUNT, 100.0, demand=lambda: 0, margin=MARGIN)
