@@ -292,12 +292,18 @@ class Daemon:
         held.update(self.ctx.buffer.ids())
         return held
 
-    def start_runner(self, plan: CampaignPlan, rate: float | None) -> None:
+    def start_runner(self, plan: CampaignPlan, rate: float | None) -> CampaignRunner | None:
+        """A runner for the campaign; none once the daemon is stopping (a tick that read the overview
+        before the stop may resume after shutdown stopped every runner: a runner started then would
+        claim and send past the drain, and nothing would stop it)."""
+        if self._stop.is_set():
+            return None
         runner = CampaignRunner(plan, self.ctx, rate)
         self.runners[plan.id] = runner
         self.ctx.campaigns_sending = len(self.runners)
         runner.start()
         log.info("campaign_runner_started", campaign_id=plan.id, rate=round(runner.limit, 3))
+        return runner
 
     async def stop_runner(self, campaign_id: int, mode: str) -> None:
         """Stop the runner and drop the campaign's metric series; it leaves `runners` only then (what

@@ -140,8 +140,17 @@ class CampaignWindow:
     def set_rate(self, rate: float) -> None:
         """The campaign's rate (its units may shrink with it at once; growth comes with the share)."""
         self.rate = rate = max(rate, 1e-3)
+        before = self.total
         self.total, self.period = (math.floor(rate), 1.0) if rate >= 1.0 else (1, 1.0 / rate)
-        self.units = min(self.units, self.total)
+        self.units = self.scaled(self.units, before)
+
+    def scaled(self, units: int, total: int) -> int:
+        """`units` of a rate of `total` units, as a share of the current rate: in proportion when it
+        is smaller, so the shares of every instance still add up to no more than it (clamping each
+        to the new total let N instances send N times the lower rate until their next renewal)."""
+        if self.total < total:
+            units = units * self.total // max(total, 1)
+        return max(0, min(units, self.total))
 
     def set_units(self, units: int) -> None:
         """This instance's share of the units, from sender.campaign_share."""

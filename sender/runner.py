@@ -200,13 +200,13 @@ class CampaignRunner:
             if share is None or window is None:  # no rate of its own: nothing to share until it gets one
                 await self._rated.wait()
                 continue
-            before, want = share.units(), self._want()
+            before, want, total = min(share.units(), window.units), self._want(), window.total
             try:
-                units = await share.renew(window.total, want, window.span, window.used())
-            except DB_ERRORS as exc:
+                units = window.scaled(await share.renew(total, want, window.span, window.used()), total)
+            except DB_ERRORS as exc:  # what we hold while it lasts, no more than we enforce (the rate may have dropped)
                 log.warning("campaign_share_failed", campaign_id=self.plan.id, error=db_error_text(exc))
-                units = share.units()
-            window.set_units(units)
+                units = min(share.units(), window.units)
+            window.set_units(units)  # as a share of the rate now: it may have dropped while we asked
             if units > 0:
                 self._share_ok.set()
             else:

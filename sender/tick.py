@@ -172,10 +172,12 @@ class Tick:
                     await self._fail(loaded.campaign_id, loaded.error or "cannot load the campaign")
         for cid in new:
             if cid in plans:
-                d.start_runner(plans[cid], d.rate.campaign_rate(sending[cid]))
-                d.runners[cid].set_materialised(cid in materialised)
+                runner = d.start_runner(plans[cid], d.rate.campaign_rate(sending[cid]))
+                if runner is None:  # the daemon is stopping
+                    continue
+                runner.set_materialised(cid in materialised)
                 if cid in retries_due:  # rows came back while no runner held the campaign (a pause, a restart)
-                    d.runners[cid].retries_due()
+                    runner.retries_due()
 
     async def _stop_gone(self, sending: set[int]) -> None:
         gone = [cid for cid in self.d.runners if cid not in sending]

@@ -57,3 +57,19 @@ def test_after_a_gap_the_window_catches_up_a_little_and_never_past_its_count() -
         if window.try_admit(now):
             sends.append(now)
     assert max(sum(1 for t in sends if start <= t < start + 1.0) for start in sends) <= 50
+
+
+def test_attack_a_lower_rate_shrinks_this_instances_units_in_proportion() -> None:
+    """Three instances hold 4 units each of 12/s; the rate drops to 3/s. Clamping each to the new
+    total (3) let the cluster send 9/s until every instance's next renewal answered; in proportion,
+    the shares still add up to no more than the new rate at once."""
+    windows = [CampaignWindow(12, margin=0.025) for _ in range(3)]
+    for window in windows:
+        window.set_units(4)
+        window.set_rate(3)
+    assert sum(w.units for w in windows) <= 3
+    one = CampaignWindow(12, margin=0.025)  # alone it keeps the whole of the lower rate
+    one.set_rate(3)
+    assert one.units == 3
+    one.set_rate(12)
+    assert one.units == 3, "a higher rate grows only with the share"
