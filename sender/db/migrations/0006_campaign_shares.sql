@@ -102,7 +102,10 @@ BEGIN
     IF target > me.units THEN  -- grow by what is free now
         me.units := me.units + least(target - me.units, greatest(free, 0));
         target := me.units;
-    END IF;  -- else a shrink: recorded once we say we enforce it (p_enforcing, next time)
+    ELSE  -- a shrink: recorded once we say we enforce it (p_enforcing, next time); never more than fits
+        -- beside what the others still hold (after the rate dropped, they may hold more than it has)
+        target := greatest(least(target, me.units + free), 0);
+    END IF;
     me.wanted := greatest(p_want, 0);
     me.held_until := t + make_interval(secs => p_hold);
     UPDATE sender_campaign_shares
