@@ -14,11 +14,14 @@ import signal
 from collections import Counter
 
 import asyncpg
+import pytest
 
+from sender.campaign_share import CampaignShare
 from sender.config import Settings
+from sender.daemon import Daemon
 from sender.demo.fakeses import FakeSES
 from tests.e2e.test_scaleout import _live, _sent, instances
-from tests.helpers import add_contacts, add_template, max_in_window, recipient_counts, wait_for
+from tests.helpers import add_contacts, add_template, max_in_window, recipient_counts, running_daemon, wait_for
 
 HEARTBEAT_ENV = {"SENDER_HEARTBEAT_INTERVAL": "0.2"}  # the campaigns each instance runs, seen quickly
 
@@ -203,3 +206,43 @@ async def test_slow_rated_campaigns_across_three_instances_keep_their_one_unit_a
     slowish_at = _arrivals(fake_ses, await _addresses(db, slowish))
     assert max_in_window(slow_at, 1.9) <= 1, [round(b - a, 3) for a, b in zip(slow_at, slow_at[1:])]
     assert max_in_window(slowish_at, 1.0) <= 1, [round(b - a, 3) for a, b in zip(slowish_at, slowish_at[1:])]
+
+
+# -- 1b. a pause whose release of the share fails ------------------------------------------------
+
+async def _no_runner(daemon: Daemon, campaign: int) -> bool:
+    return campaign not in daemon.runners
+
+
+async def _has_runner(daemon: Daemon, campaign: int) -> bool:
+    return campaign in daemon.runners
+
+
+async def test_a_runner_started_again_after_its_share_release_failed_does_not_reuse_the_units_just_used(
+        db: asyncpg.Connection, settings: Settings, fake_ses: FakeSES, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pausing a 12/s campaign stops its runner and gives its units up: the ones used in the last
+    window cool first (release_share). When that release fails (the connection drops just then: it
+    is swallowed) and the campaign is resumed at once, the new runner's first renewal reports the
+    units as unused (its window is new and empty), so the database hands them straight back, and it
+    sends a fresh window's worth on top of the old runner's last one: over the campaign's rate."""
+    fake_ses.account.max_send_rate = 200
+    fake_ses.latency = 0.02
+    (campaign,) = await _rated_campaigns(db, [(100, 12.0)])
+
+    async def dropped(self: CampaignShare, cool: float, used: int) -> None:
+        self._units, self._until = 0, 0.0
+        raise ConnectionResetError("connection dropped while giving the share up")
+
+    monkeypatch.setattr(CampaignShare, "release", dropped)
+    async with running_daemon(settings) as daemon:
+        await _queue(db, [campaign])
+        for n in range(3):
+            await wait_for(lambda: _received(fake_ses, 15 + 20 * n), timeout=30)  # a full window sent
+            await db.execute("UPDATE campaigns SET status = 'paused' WHERE id = $1", campaign)
+            await wait_for(lambda: _no_runner(daemon, campaign), timeout=10)
+            await db.execute("UPDATE campaigns SET status = 'sending' WHERE id = $1", campaign)
+            await wait_for(lambda: _has_runner(daemon, campaign), timeout=10)
+        await wait_for(lambda: _sent(db, campaign), timeout=60)
+    assert await recipient_counts(db, campaign) == {"sent": 100}
+    _no_duplicates(fake_ses)
+    assert fake_ses.max_in_any_window() <= 12, "a resumed runner reused units its predecessor had just used"
