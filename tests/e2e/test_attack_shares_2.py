@@ -12,6 +12,8 @@ import asyncio
 import random
 import signal
 from collections import Counter
+from functools import partial
+from itertools import pairwise
 
 import asyncpg
 import pytest
@@ -109,7 +111,7 @@ async def test_pause_resume_storm_on_a_rated_campaign_across_three_instances_kee
                              "AND status = 'paused'", [stormed, cancelled])
             before = len(fake_ses.messages)
             if n % 3 == 0:  # sending again before the next pause: the resumed runners hold and use units
-                await wait_for(lambda: _received(fake_ses, before + 3), timeout=20)
+                await wait_for(partial(_received, fake_ses, before + 3), timeout=20)
             else:
                 await asyncio.sleep(rng.uniform(0.0, 0.4))
             if n == 7:
@@ -204,8 +206,8 @@ async def test_slow_rated_campaigns_across_three_instances_keep_their_one_unit_a
     assert len(_no_duplicates(fake_ses)) == 16
     slow_at = _arrivals(fake_ses, await _addresses(db, slow))
     slowish_at = _arrivals(fake_ses, await _addresses(db, slowish))
-    assert max_in_window(slow_at, 1.9) <= 1, [round(b - a, 3) for a, b in zip(slow_at, slow_at[1:])]
-    assert max_in_window(slowish_at, 1.0) <= 1, [round(b - a, 3) for a, b in zip(slowish_at, slowish_at[1:])]
+    assert max_in_window(slow_at, 1.9) <= 1, [round(b - a, 3) for a, b in pairwise(slow_at)]
+    assert max_in_window(slowish_at, 1.0) <= 1, [round(b - a, 3) for a, b in pairwise(slowish_at)]
 
 
 # -- 1b. a pause whose release of the share fails ------------------------------------------------
@@ -237,7 +239,7 @@ async def test_a_runner_started_again_after_its_share_release_failed_does_not_re
     async with running_daemon(settings) as daemon:
         await _queue(db, [campaign])
         for n in range(3):
-            await wait_for(lambda: _received(fake_ses, 15 + 20 * n), timeout=30)  # a full window sent
+            await wait_for(partial(_received, fake_ses, 15 + 20 * n), timeout=30)  # a full window sent
             await db.execute("UPDATE campaigns SET status = 'paused' WHERE id = $1", campaign)
             await wait_for(lambda: _no_runner(daemon, campaign), timeout=10)
             await db.execute("UPDATE campaigns SET status = 'sending' WHERE id = $1", campaign)
