@@ -25,6 +25,7 @@ from sender.db import QUERIES
 HOLD_SECONDS = 3.0
 RENEW_AFTER = 1.0
 HOLD_MARGIN = 0.5  # we stop using a hold this long before the database lets it run out
+UNKNOWN_USED = 1 << 30  # "used" said before our first answer: whatever our row holds may have just been used
 
 
 class CampaignShare:
@@ -40,6 +41,10 @@ class CampaignShare:
         self._units = 0
         self.short = False  # we hold less than our fair share: units are cooling for us
         self._until = 0.0  # monotonic: the units are ours (with HOLD_MARGIN to spare) until then
+        # Until the database has answered us once, the units our row holds are a predecessor's (a
+        # runner of this instance stopped by a pause whose release failed, a process restarted under
+        # the same id): its sends are in no window of ours, so all of them count as used and cool.
+        self._answered = False
 
     def units(self) -> int:
         """The units in force now: none once the hold has run out (renewals failing)."""
@@ -54,16 +59,20 @@ class CampaignShare:
         want; the units we may use from now on (we apply them at once)."""
         sent = time.monotonic()  # the database's hold starts after this
         row = await self.pool.fetchrow(QUERIES["campaign_share"], self.campaign_id, self.instance_id, total,
-                                       self.units(), used, want, self.hold, cool, timeout=5)
+                                       self.units(), self._used(used), want, self.hold, cool, timeout=5)
+        self._answered = True
         self._units, self.short = int(row["granted"]), int(row["fair"]) > int(row["granted"])
         self._until = sent + self.hold - self.margin
         return self._units
+
+    def _used(self, used: int) -> int:
+        return used if self._answered else UNKNOWN_USED
 
     async def release(self, cool: float, used: int) -> None:
         """We stopped sending the campaign: the units we used in our last window cool, then go to
         the others with the rest."""
         self._units, self._until = 0, 0.0
         async with self.pool.acquire(timeout=5) as conn:
-            await conn.fetchrow(QUERIES["campaign_share"], self.campaign_id, self.instance_id, 0, 0, used, 0,
-                                self.hold, cool, timeout=5)
+            await conn.fetchrow(QUERIES["campaign_share"], self.campaign_id, self.instance_id, 0, 0,
+                                self._used(used), 0, self.hold, cool, timeout=5)
             await conn.execute(QUERIES["campaign_shares_forget"], timeout=5)
