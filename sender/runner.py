@@ -361,10 +361,11 @@ class CampaignRunner:
                 raise
             finally:
                 self._in_hand = None
-            if not ctx.account.gate.is_open or not ctx.heartbeat.may_send(row.claimed_at) or self._withdrawn():
+            stopped = not ctx.account.gate.is_open or self._withdrawn()  # the account, or our share
+            if stopped or not ctx.heartbeat.may_send(row.claimed_at):
                 self._leave_rooms()
                 self.queue.appendleft(row)
-                if not ctx.account.gate.is_open or self._withdrawn():
+                if stopped:
                     self.release_queued()  # the account stopped, or we lost our share, while we waited
                 continue
             self._delivery.start(row, email, self.window)
@@ -378,14 +379,14 @@ class CampaignRunner:
         evenly whatever the rates once every campaign's dispatcher waited on it.
         """
         ctx = self.ctx
-        window_room = self.window.room if self.window is not None else None
+        window = self.window
         taken: list[Callable[[], None]] = []
         try:
-            if window_room is not None and self.window is not None:
-                await window_room.acquire()
-                taken.append(window_room.release)
+            if window is not None:
+                await window.room.acquire()
+                taken.append(window.room.release)
                 # a place among the account's requests only then (or the account or our share stopped)
-                await self.window.wait_open(lambda: not ctx.account.gate.is_open or self._withdrawn())
+                await window.wait_open(lambda: not ctx.account.gate.is_open or self._withdrawn())
             await ctx.account_budget.room.acquire(self.plan.id, self.weight)
             taken.append(ctx.account_budget.room.release)
             await ctx.inflight.acquire()

@@ -15,9 +15,10 @@ a pile-up. The dispatcher keeps only a few requests waiting there (`room`), so a
 withdraws the rest unsent.
 
 A campaign with rate_per_sec is a budget of its own, of which each instance holds a share
-(sender.campaign_share): after the account's slot, its request must also fit the campaign's window
-for this instance's share (ratelimit.CampaignWindow), or it hands the slot to the next request and
-waits for the window.
+(sender.campaign_share): its request first waits until the campaign's window for this instance's
+share would let it through (ratelimit.CampaignWindow), then takes an account slot, and is counted
+in the window at that moment; if another request of the campaign took the window's room first, it
+hands the slot to the next request and waits again.
 
 Cost: one grant per GRANT_SECONDS of sending at most (fewer when others share the budget), and
 the same round trip for 1 or 50 tokens.
